@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import cv2
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -22,6 +24,14 @@ class FaceDataset(Dataset):
 
     def __init__(self, reader, transform):
         self.reader, self.transform = reader, transform
+        self._rng, self._rng_pid = None, None
+
+    def rng(self) -> np.random.Generator:
+        """This process's generator for the transforms, seeded from ``torch.initial_seed()`` (set
+        per DataLoader worker from the run seed, rank and worker id; the run seed in the main process)."""
+        if self._rng is None or self._rng_pid != os.getpid():
+            self._rng, self._rng_pid = np.random.default_rng(torch.initial_seed()), os.getpid()
+        return self._rng
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -29,7 +39,7 @@ class FaceDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         img, label, meta = self.reader[i]
         return {
-            "image": self.transform(img),
+            "image": self.transform(img, self.rng()),
             "label": torch.tensor(int(label), dtype=torch.long),
             "index": torch.tensor(int(meta.get("index", i)), dtype=torch.long),
             "degradation": torch.tensor(float(meta.get("degradation", float("nan"))), dtype=torch.float32),

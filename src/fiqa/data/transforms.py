@@ -2,6 +2,13 @@
 
 The channel order fed to the network is an explicit data key (``data.color: rgb|bgr``),
 applied here and nowhere else: readers always yield RGB.
+
+Calling convention (every transform here): ``t(img, rng) -> img`` where ``img`` is uint8
+HxWx3 **RGB** and ``rng`` a ``numpy.random.Generator``. All randomness comes from ``rng``, so a
+pipeline is reproducible: :class:`fiqa.data.datamodule.FaceDataset` hands each DataLoader worker
+its own generator seeded from ``torch.initial_seed()`` (which Lightning's
+``seed_everything(workers=True)`` derives from the run seed, the rank and the worker id).
+:class:`ToModelInput` (the last step) ignores ``rng``.
 """
 
 from __future__ import annotations
@@ -15,14 +22,15 @@ COLORS = ("rgb", "bgr")
 
 
 class Compose:
-    """Apply callables in order (uint8 HxWx3 -> ... )."""
+    """Apply transforms in order, passing the same generator to each (uint8 HxWx3 -> ... )."""
 
     def __init__(self, transforms: Sequence[Callable]):
         self.transforms = list(transforms)
 
-    def __call__(self, img):
+    def __call__(self, img, rng: np.random.Generator | None = None):
+        rng = np.random.default_rng() if rng is None else rng
         for t in self.transforms:
-            img = t(img)
+            img = t(img, rng)
         return img
 
     def __repr__(self) -> str:
@@ -30,16 +38,15 @@ class Compose:
 
 
 class RandomHorizontalFlip:
-    """Flip a uint8 HxWx3 image left-right with probability ``p`` (torch RNG: seeded per
-    DataLoader worker by Lightning's ``seed_everything(workers=True)``)."""
+    """Flip a uint8 HxWx3 image left-right with probability ``p``."""
 
     def __init__(self, p: float = 0.5):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"data.flip must be a probability in [0, 1], got {p}")
         self.p = p
 
-    def __call__(self, img: np.ndarray) -> np.ndarray:
-        if self.p > 0 and torch.rand(()) < self.p:
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.p > 0 and rng.random() < self.p:
             return img[:, ::-1]
         return img
 
@@ -58,7 +65,7 @@ class ToModelInput:
             raise ValueError(f"data.color must be one of {list(COLORS)}, got {color!r}")
         self.color, self.mean, self.std = color, float(mean), float(std)
 
-    def __call__(self, img: np.ndarray) -> torch.Tensor:
+    def __call__(self, img: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise ValueError(f"expected a uint8 HxWx3 image, got dtype {img.dtype} shape {img.shape}")
         if self.color == "bgr":
