@@ -24,6 +24,7 @@ test-gpu:           ## on a machine with a CUDA device
 bench:              ## speed figures (never part of the tests)
 	$(PY) benchmarks/synthface_throughput.py
 	bash benchmarks/default_job.sh
+	$(PY) benchmarks/recordio_throughput.py
 
 lint:
 	$(PY) -m ruff check src tests benchmarks main.py

@@ -331,3 +331,48 @@ def test_evaluate_errors():
         V.evaluate(bad, issame)
     with pytest.raises(ValueError):
         V.calculate_roc(V.ROC_THRESHOLDS, emb[:5], emb[5:9], issame[:5], nfolds=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# XQLFW: cosine distance, thresholds arange(0, 2, 0.001)
+
+
+def _reference_xqlfw(e1, e2, issame, nfolds=10):
+    """The XQLFW protocol transcribed independently: sklearn's paired cosine distance, the
+    threshold grid np.arange(0, 2, 0.001), KFold(10, shuffle=False), the train-best threshold per
+    fold, the test-fold accuracy, the mean over folds."""
+    from sklearn.metrics.pairwise import paired_distances
+
+    dist = paired_distances(e1, e2, metric="cosine")
+    thresholds = np.arange(0, 2, 0.001)
+    accs = []
+    for train, test in KFold(n_splits=nfolds, shuffle=False).split(np.arange(len(issame))):
+        train_acc = [np.mean((dist[train] < t) == issame[train]) for t in thresholds]
+        t = thresholds[int(np.argmax(train_acc))]
+        accs.append(np.mean((dist[test] < t) == issame[test]))
+    return np.asarray(accs)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_xqlfw_cosine_protocol_matches_transcription(seed):
+    e1, e2, issame = _random_pairs(seed, 600, noise=1.0)
+    ref = _reference_xqlfw(e1, e2, issame)
+    _, _, acc, _ = V.calculate_roc(V.COSINE_ROC_THRESHOLDS, e1, e2, issame, 10, distance="cosine")
+    np.testing.assert_allclose(acc, ref, atol=1e-12)
+    emb = np.empty((1200, e1.shape[1]))
+    emb[0::2], emb[1::2] = e1, e2
+    out = V.evaluate(emb, issame, distance="cosine")
+    assert out["acc"] == pytest.approx(ref.mean(), abs=1e-12)
+    # Halving the distance and the VAL grid changes no decision: VAL@FAR equals the squared-L2 one.
+    assert out["val@far1e-3"] == pytest.approx(V.evaluate(emb, issame)["val@far1e-3"], abs=1e-12)
+
+
+def test_cosine_distance_is_sklearns():
+    from sklearn.metrics.pairwise import paired_distances
+
+    e1, e2, _ = _random_pairs(5, 50)
+    np.testing.assert_allclose(
+        V.pair_distances(e1, e2, "cosine"), paired_distances(e1, e2, metric="cosine"), atol=1e-15
+    )
+    with pytest.raises(ValueError, match="distance must be one of"):
+        V.pair_distances(e1, e2, "l1")

@@ -32,7 +32,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["load_bin", "save_bin"]
+from fiqa.data.images import decode_rgb
+
+__all__ = ["BinPairs", "load_bin", "read_bin", "save_bin"]
 
 
 def _safe_codecs_encode(obj=None, encoding="utf-8", errors="strict"):
@@ -103,15 +105,9 @@ def _validate(obj, source: str) -> tuple[list[bytes], list[bool]]:
     return [bytes(b) for b in bins], [bool(s) for s in issame]
 
 
-def load_bin(path, image_size: int = 112) -> tuple[np.ndarray, np.ndarray]:
-    """Load an insightface verification ``.bin`` file safely.
-
-    Returns ``(images, issame)``: ``images`` is uint8 ``[2P, image_size, image_size, 3]`` in RGB order (like
-    ``mx.image.imdecode``) and ``issame`` is a bool ``[P]``. Pair ``p`` is ``(images[2p], images[2p + 1])``.
-
-    Raises ``FileNotFoundError`` for a missing file. Raises ``ValueError`` for a refused pickle global, a wrong
-    structure or an undecodable image. The message names the file.
-    """
+def read_bin(path) -> tuple[list[bytes], np.ndarray]:
+    """The encoded images and the pair labels of a ``.bin``, safely unpickled and validated, not decoded:
+    ``(bins: list of 2P bytes, issame: bool [P])``. Errors as :func:`load_bin`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"verification .bin file not found: {path}")
@@ -125,16 +121,62 @@ def load_bin(path, image_size: int = 112) -> tuple[np.ndarray, np.ndarray]:
     except Exception as exc:  # truncated / corrupt pickle, refused stand-in call, ...
         raise ValueError(f"{source}: not a readable .bin pickle: {type(exc).__name__}: {exc}") from exc
     bins, issame = _validate(obj, source)
+    return bins, np.asarray(issame, dtype=bool)
 
+
+def decode_bin_image(buf: bytes, image_size: int, source: str) -> np.ndarray:
+    """One image of a ``.bin``: RGB uint8, resized to ``image_size`` squared if it is not."""
+    img = decode_rgb(buf, source)
+    if img.shape[:2] != (image_size, image_size):
+        img = cv2.resize(img, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
+    return img
+
+
+def load_bin(path, image_size: int = 112) -> tuple[np.ndarray, np.ndarray]:
+    """Load an insightface verification ``.bin`` file safely.
+
+    Returns ``(images, issame)``: ``images`` is uint8 ``[2P, image_size, image_size, 3]`` in RGB order (like
+    ``mx.image.imdecode``) and ``issame`` is a bool ``[P]``. Pair ``p`` is ``(images[2p], images[2p + 1])``.
+
+    Raises ``FileNotFoundError`` for a missing file. Raises ``ValueError`` for a refused pickle global, a wrong
+    structure or an undecodable image. The message names the file.
+    """
+    bins, issame = read_bin(path)
     images = np.empty((len(bins), image_size, image_size, 3), dtype=np.uint8)
     for i, b in enumerate(bins):
-        img = cv2.imdecode(np.frombuffer(b, dtype=np.uint8), cv2.IMREAD_COLOR) if b else None
-        if img is None:
-            raise ValueError(f"{source}: cannot decode image {i} (pair {i // 2}, {len(b)} bytes)")
-        if img.shape[:2] != (image_size, image_size):
-            img = cv2.resize(img, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
-        images[i] = img[..., ::-1]  # BGR -> RGB
-    return images, np.asarray(issame, dtype=bool)
+        images[i] = decode_bin_image(b, image_size, f"{path}: image {i} (pair {i // 2})")
+    return images, issame
+
+
+class BinPairs:
+    """A verification set from ``<data_dir>/<name>.bin`` (``val=[lfw,agedb_30,...]``).
+
+    Keeps the encoded images (a few tens of MB) and decodes in the DataLoader workers. Yields
+    ``(uint8 RGB, issame of its pair, {"index": i})``; ``targets()`` gives the protocols ``issame``."""
+
+    def __init__(self, name: str, data_dir: str, file: str | None = None, image_size: int = 112):
+        self.name, self.image_size = name, int(image_size)
+        self.path = Path(data_dir) / (file or f"{name}.bin")
+        if not self.path.is_file():
+            raise FileNotFoundError(
+                f"val={name}: {self.path} not found. Put {self.path.name} in the data directory "
+                f"(now paths.data_dir={data_dir!r}), or point there with paths.data_dir=DIR on the command "
+                f"line or the FIQA_DATA=DIR environment variable"
+            )
+        self.bins, self.issame = read_bin(self.path)
+
+    def __len__(self) -> int:
+        return len(self.bins)
+
+    def __getitem__(self, i: int):
+        img = decode_bin_image(self.bins[i], self.image_size, f"{self.path}: image {i} (pair {i // 2})")
+        return img, int(self.issame[i // 2]), {"index": i}
+
+    def targets(self) -> dict:
+        return {"issame": self.issame}
+
+    def __repr__(self) -> str:
+        return f"BinPairs({str(self.path)!r}, {len(self.issame)} pairs)"
 
 
 def save_bin(path, images, issame, quality: int = 95, img_fmt: str = ".jpg") -> None:

@@ -12,18 +12,30 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from fiqa.data.images import ImageDecodeError
+from fiqa.data.recordio import RecordIOError
 from fiqa.data.transforms import Compose, RandomHorizontalFlip, ToModelInput
 from fiqa.utils.logging import get_logger
 
 log = get_logger(__name__)
 
 
+#: What ``data.skip_corrupt`` skips: damaged records and undecodable images (never a missing file).
+CORRUPT_ERRORS = (RecordIOError, ImageDecodeError)
+
+
 class FaceDataset(Dataset):
     """Reader + transform -> dict samples. Every sample carries its index, so validation can
-    drop the duplicates a DistributedSampler pads with."""
+    drop the duplicates a DistributedSampler pads with.
 
-    def __init__(self, reader, transform):
-        self.reader, self.transform = reader, transform
+    ``skip_corrupt`` (training only): a damaged record or undecodable image is replaced by the next
+    readable sample (deterministic), its error logged, and the sample's ``skipped`` field counts the
+    records passed over, which :class:`fiqa.callbacks.corrupt.CorruptRecords` sums per epoch."""
+
+    MAX_CONSECUTIVE_CORRUPT = 100
+
+    def __init__(self, reader, transform, skip_corrupt: bool = False):
+        self.reader, self.transform, self.skip_corrupt = reader, transform, bool(skip_corrupt)
         self._rng, self._rng_pid = None, None
 
     def rng(self) -> np.random.Generator:
@@ -36,13 +48,30 @@ class FaceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.reader)
 
+    def _read(self, i: int):
+        if not self.skip_corrupt:
+            return self.reader[i], 0
+        n = len(self.reader)
+        for skipped in range(min(self.MAX_CONSECUTIVE_CORRUPT, n)):
+            j = (i + skipped) % n
+            try:
+                return self.reader[j], skipped
+            except CORRUPT_ERRORS as err:
+                log.warning(f"data.skip_corrupt: skipping training sample {j}: {err}")
+        raise RuntimeError(
+            f"data.skip_corrupt: {min(self.MAX_CONSECUTIVE_CORRUPT, n)} consecutive training samples from {i} "
+            f"are unreadable; the data set is damaged beyond skipping"
+        )
+
     def __getitem__(self, i: int) -> dict:
-        img, label, meta = self.reader[i]
+        (img, label, meta), skipped = self._read(i)
         return {
             "image": self.transform(img, self.rng()),
-            "label": torch.tensor(int(label), dtype=torch.long),
-            "index": torch.tensor(int(meta.get("index", i)), dtype=torch.long),
-            "degradation": torch.tensor(float(meta.get("degradation", float("nan"))), dtype=torch.float32),
+            # plain scalars: default_collate makes one int64 / float32 tensor per batch (cheaper than one per sample)
+            "label": int(label),
+            "index": int(meta.get("index", i)),
+            "degradation": np.float32(meta.get("degradation", np.nan)),
+            "skipped": int(skipped),
         }
 
 
@@ -53,7 +82,12 @@ def _worker_init(_: int) -> None:
 
 class FaceDataModule(L.LightningDataModule):
     """``batch_size`` is the **global** batch (as papers report it): each of the world's
-    processes loads ``batch_size / world_size``."""
+    processes loads ``batch_size / world_size``.
+
+    Input convention (one place, :class:`~fiqa.data.transforms.ToModelInput`): readers yield RGB;
+    ``color`` is the channel order the network is fed and ``(x - normalize_mean) / normalize_std`` its
+    scaling, both set per method (AdaFace/QGFace/MagFace: bgr; MagFace: mean 0, std 255). Training
+    transform: ``augment`` (uint8 -> uint8, the ``augment`` config group) -> flip -> ToModelInput."""
 
     def __init__(
         self,
@@ -68,14 +102,21 @@ class FaceDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         normalize_mean: float = 127.5,
         normalize_std: float = 127.5,
+        augment=None,
+        skip_corrupt: bool = False,
     ):
         super().__init__()
+        self.skip_corrupt = bool(skip_corrupt)
+        self.augment = augment
         self.train_reader = train
         self.val_sets = dict(val_sets or {})
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
         self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
         self.to_input = ToModelInput(color, normalize_mean, normalize_std)
-        self.train_transform = Compose([RandomHorizontalFlip(flip), self.to_input])
+        steps = (
+            [augment] if augment is not None and not (isinstance(augment, Compose) and not augment.transforms) else []
+        )
+        self.train_transform = Compose([*steps, RandomHorizontalFlip(flip), self.to_input])
         self.num_classes = num_classes
         if (
             train is not None
@@ -126,7 +167,9 @@ class FaceDataModule(L.LightningDataModule):
                 f"the training set has {len(self.train_reader)} images, fewer than one batch "
                 f"({self.per_device_batch}): lower data.batch_size"
             )
-        return self._loader(FaceDataset(self.train_reader, self.train_transform), self.per_device_batch, True)
+        return self._loader(
+            FaceDataset(self.train_reader, self.train_transform, self.skip_corrupt), self.per_device_batch, True
+        )
 
     def val_dataloader(self) -> list:
         return [

@@ -9,6 +9,8 @@ pipeline is reproducible: :class:`fiqa.data.datamodule.FaceDataset` hands each D
 its own generator seeded from ``torch.initial_seed()`` (which Lightning's
 ``seed_everything(workers=True)`` derives from the run seed, the rank and the worker id).
 :class:`ToModelInput` (the last step) ignores ``rng``.
+
+The training augmentations (:mod:`fiqa.data.augment`) follow the same convention.
 """
 
 from __future__ import annotations

@@ -15,14 +15,22 @@ from fiqa.eval import verification as ver
 
 
 def verification(
-    embeddings: np.ndarray, qualities: np.ndarray, issame: np.ndarray, nfolds: int = 10, far_target: float = 1e-3, **_
+    embeddings: np.ndarray,
+    qualities: np.ndarray,
+    issame: np.ndarray,
+    nfolds: int = 10,
+    far_target: float = 1e-3,
+    distance: str = "sqeuclidean",
+    **_,
 ) -> dict:
-    """insightface 10-fold accuracy and VAL@FAR on L2-normalised embeddings."""
+    """insightface 10-fold accuracy and VAL@FAR on L2-normalised embeddings
+    (``distance="cosine"``: the XQLFW protocol)."""
     return ver.evaluate(
         ver.l2_normalize(np.asarray(embeddings, np.float64)),
         np.asarray(issame, bool),
         nfolds=nfolds,
         far_target=far_target,
+        distance=distance,
     )
 
 

@@ -25,6 +25,9 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "COSINE_ROC_THRESHOLDS",
+    "COSINE_VAL_THRESHOLDS",
+    "DISTANCES",
     "ROC_THRESHOLDS",
     "VAL_THRESHOLDS",
     "calculate_roc",
@@ -44,6 +47,13 @@ ROC_THRESHOLDS = np.arange(0, 4, 0.01)
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
 ROC_THRESHOLDS.flags.writeable = False
 VAL_THRESHOLDS.flags.writeable = False
+#: The official XQLFW protocol: cosine distance 1 - cos in [0, 2], thresholds ``np.arange(0, 2, 0.001)``.
+COSINE_ROC_THRESHOLDS = np.arange(0, 2, 0.001)
+#: VAL@FAR on the cosine distance: insightface's VAL grid halved, so it takes the same decisions.
+COSINE_VAL_THRESHOLDS = VAL_THRESHOLDS / 2
+COSINE_ROC_THRESHOLDS.flags.writeable = False
+COSINE_VAL_THRESHOLDS.flags.writeable = False
+DISTANCES = ("sqeuclidean", "cosine")
 
 
 def sci_key(x: float) -> str:
@@ -81,9 +91,17 @@ def fuse_flip(emb: np.ndarray, emb_flip: np.ndarray) -> np.ndarray:
     return l2_normalize(emb + emb_flip, axis=1)
 
 
-def pair_distances(emb1: np.ndarray, emb2: np.ndarray) -> np.ndarray:
-    """Squared L2 distance per row, computed as insightface does: ``sum((e1-e2)**2, axis=1)``."""
-    return np.sum(np.square(np.subtract(emb1, emb2)), axis=1)
+def pair_distances(emb1: np.ndarray, emb2: np.ndarray, distance: str = "sqeuclidean") -> np.ndarray:
+    """Distance per row of two arrays of unit embeddings.
+
+    - ``sqeuclidean`` (insightface): ``sum((e1-e2)**2, axis=1)``, in [0, 4];
+    - ``cosine`` (the XQLFW protocol, ``sklearn paired_distances(.., 'cosine')``): ``1 - cos``, in [0, 2].
+      For unit vectors this is half the squared distance, which is how scikit-learn computes it.
+    """
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {list(DISTANCES)}, got {distance!r}")
+    d = np.sum(np.square(np.subtract(emb1, emb2)), axis=1)
+    return 0.5 * d if distance == "cosine" else d
 
 
 def kfold_splits(n: int, nfolds: int = 10) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -133,12 +151,13 @@ def _rates(dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray):
     return _count_below(pos, thresholds), _count_below(neg, thresholds), pos.size, neg.size
 
 
-def calculate_roc(thresholds, emb1, emb2, issame, nfolds: int = 10):
+def calculate_roc(thresholds, emb1, emb2, issame, nfolds: int = 10, distance: str = "sqeuclidean"):
     """The k-fold accuracy of insightface's ``calculate_roc``.
 
     Returns ``(tpr[T], fpr[T], accuracy[nfolds], best_thresholds[nfolds])``:
 
-    - ``dist = sum((emb1 - emb2)**2, axis=1)``; a pair is predicted "same" iff ``dist < t``;
+    - ``dist = sum((emb1 - emb2)**2, axis=1)`` (or half of it, ``distance="cosine"``); a pair is
+      predicted "same" iff ``dist < t``;
     - per fold (``KFold(nfolds, shuffle=False)``):
       - ``best`` is the first argmax over ``thresholds`` of the train-fold accuracy
         ``(tp + tn) / n``;
@@ -150,7 +169,7 @@ def calculate_roc(thresholds, emb1, emb2, issame, nfolds: int = 10):
     """
     thresholds = np.asarray(thresholds, dtype=np.float64)
     emb1, emb2, issame = _check_pairs(emb1, emb2, issame, nfolds)
-    dist = pair_distances(emb1, emb2)
+    dist = pair_distances(emb1, emb2, distance)
     n_thr = thresholds.size
     tprs = np.zeros((nfolds, n_thr))
     fprs = np.zeros((nfolds, n_thr))
@@ -209,7 +228,9 @@ def _threshold_at_far(far_train: np.ndarray, thresholds: np.ndarray, far_target:
     return float((t0 * (f1 - far_target) + t1 * (far_target - f0)) / (f1 - f0))
 
 
-def calculate_val(thresholds, emb1, emb2, issame, far_target: float = 1e-3, nfolds: int = 10):
+def calculate_val(
+    thresholds, emb1, emb2, issame, far_target: float = 1e-3, nfolds: int = 10, distance: str = "sqeuclidean"
+):
     """VAL@FAR of insightface's ``calculate_val``, with a deterministic threshold rule.
 
     Returns ``(val_mean, val_std, far_mean)`` over the folds, with ``np.std`` (ddof=0).
@@ -239,7 +260,7 @@ def calculate_val(thresholds, emb1, emb2, issame, far_target: float = 1e-3, nfol
     if not 0.0 < far_target <= 1.0:
         raise ValueError(f"far_target must be in (0, 1], got {far_target}")
     emb1, emb2, issame = _check_pairs(emb1, emb2, issame, nfolds)
-    dist = pair_distances(emb1, emb2)
+    dist = pair_distances(emb1, emb2, distance)
     val = np.zeros(nfolds)
     far = np.zeros(nfolds)
     for fold, (train, test) in enumerate(kfold_splits(dist.size, nfolds)):
@@ -259,7 +280,9 @@ def calculate_val(thresholds, emb1, emb2, issame, far_target: float = 1e-3, nfol
     return float(np.mean(val)), float(np.std(val)), float(np.mean(far))
 
 
-def evaluate(embeddings, issame, nfolds: int = 10, far_target: float = 1e-3) -> dict[str, float]:
+def evaluate(
+    embeddings, issame, nfolds: int = 10, far_target: float = 1e-3, distance: str = "sqeuclidean"
+) -> dict[str, float]:
     """InsightFace's ``evaluate`` on fused, L2-normalised embeddings.
 
     ``embeddings`` is (2P, D); pair ``p`` is rows ``2p`` and ``2p+1``. ``issame`` is (P,).
@@ -273,6 +296,8 @@ def evaluate(embeddings, issame, nfolds: int = 10, far_target: float = 1e-3) -> 
     - ``far``: the mean test-fold FAR at the VAL threshold.
 
     Thresholds: ``np.arange(0, 4, 0.01)`` for accuracy and ``np.arange(0, 4, 0.001)`` for VAL.
+    ``distance="cosine"`` is the official XQLFW protocol: ``1 - cos`` with ``np.arange(0, 2, 0.001)``
+    for accuracy (and the VAL grid halved).
     Raises ValueError on an odd or non-2-D ``embeddings``, a wrong ``issame`` length,
     NaN/inf values, or fewer than ``nfolds`` pairs.
     """
@@ -288,8 +313,13 @@ def evaluate(embeddings, issame, nfolds: int = 10, far_target: float = 1e-3) -> 
     if n_pairs < nfolds:
         raise ValueError(f"{n_pairs} pairs cannot be split into {nfolds} folds (need at least {nfolds} pairs)")
     emb1, emb2 = embeddings[0::2], embeddings[1::2]
-    _, _, accuracy, best_thresholds = calculate_roc(ROC_THRESHOLDS, emb1, emb2, issame, nfolds)
-    val, val_std, far = calculate_val(VAL_THRESHOLDS, emb1, emb2, issame, far_target, nfolds)
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {list(DISTANCES)}, got {distance!r}")
+    roc_thr, val_thr = (
+        (COSINE_ROC_THRESHOLDS, COSINE_VAL_THRESHOLDS) if distance == "cosine" else (ROC_THRESHOLDS, VAL_THRESHOLDS)
+    )
+    _, _, accuracy, best_thresholds = calculate_roc(roc_thr, emb1, emb2, issame, nfolds, distance)
+    val, val_std, far = calculate_val(val_thr, emb1, emb2, issame, far_target, nfolds, distance)
     return {
         "acc": float(np.mean(accuracy)),
         "acc_std": float(np.std(accuracy)),

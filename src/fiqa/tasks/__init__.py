@@ -9,9 +9,10 @@ from omegaconf import DictConfig
 
 def _tasks() -> dict[str, Callable]:
     from fiqa.tasks.eval import evaluate
+    from fiqa.tasks.pack import run as pack
     from fiqa.tasks.train import train
 
-    return {"train": train, "eval": evaluate}
+    return {"train": train, "eval": evaluate, "pack": pack}
 
 
 def run(cfg: DictConfig):

@@ -11,10 +11,12 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from fiqa.callbacks.corrupt import CorruptRecords
 from fiqa.callbacks.store_config import CONFIG_KEY, StoreConfig
 from fiqa.data.datamodule import FaceDataModule
 from fiqa.methods.base import FaceModule
@@ -39,7 +41,21 @@ def resolved_config(cfg: DictConfig) -> dict:
     """The run config with every interpolation resolved (the ``hydra`` node dropped)."""
     c = OmegaConf.to_container(cfg, resolve=True)
     c.pop("hydra", None)
+    if c.get("task") != "pack":
+        c.pop("pack", None)
     return c
+
+
+def _instantiate(node, **kwargs):
+    """``hydra.utils.instantiate`` that re-raises our own errors (bad paths, sizes, files) as they are,
+    not wrapped in an InstantiationException, so the message a user reads is the one we wrote."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, (ValueError, OSError, KeyError)) and not isinstance(cause, InstantiationException):
+            raise cause from None
+        raise
 
 
 def _instantiate_values(node: Mapping | None) -> dict:
@@ -60,16 +76,44 @@ def build_val(cfg: DictConfig) -> tuple[dict, dict]:
     for name, v in (cfg.get("val") or {}).items():
         if not isinstance(v, DictConfig) or "dataset" not in v:
             raise ValueError(f"val.{name}: a val set needs a 'dataset' (with _target_) and 'protocols'; got {v}")
-        datasets[name] = instantiate(v.dataset)
+        datasets[name] = _instantiate(v.dataset)
         method_view[name] = {"flip": bool(v.get("flip", True)), "protocols": _instantiate_values(v.get("protocols"))}
     return datasets, method_view
 
 
-def build_datamodule(data_cfg: DictConfig, val_datasets: Mapping[str, Any], with_train: bool = True) -> FaceDataModule:
-    data_cfg = OmegaConf.to_container(data_cfg, resolve=True)
-    train_cfg = data_cfg.pop("train", None)
-    train = instantiate(train_cfg) if with_train and train_cfg else None
-    return instantiate(data_cfg, train=train, val_sets=dict(val_datasets))
+#: Keys of a ``data`` node that say where the data is; the reader takes them by interpolation.
+DATA_SOURCE_KEYS = ("root", "list", "list_root", "num_images")
+
+
+def _plain(node: DictConfig, key: str) -> Any:
+    v = node[key]  # resolved in the context of the whole config
+    return OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
+
+
+def build_datamodule(
+    data_cfg: DictConfig, val_datasets: Mapping[str, Any], with_train: bool = True, augment_cfg: Any = None
+) -> FaceDataModule:
+    """The datamodule; the training reader only ``with_train`` (an eval never needs ``data.root``)."""
+    kwargs = {k: _plain(data_cfg, k) for k in data_cfg if k not in DATA_SOURCE_KEYS and k != "train"}
+    train = _instantiate(_plain(data_cfg, "train")) if with_train and data_cfg.get("train") else None
+    augment = None
+    if with_train and isinstance(augment_cfg, DictConfig) and "_target_" in augment_cfg:
+        augment = _instantiate(augment_cfg)
+    return _instantiate(kwargs, train=train, val_sets=dict(val_datasets), augment=augment)
+
+
+def fill_num_classes(cfg: DictConfig, datamodule: FaceDataModule) -> None:
+    """``data.num_classes: null`` -> the training data's class count, written into the config so the
+    head is built with it and the checkpoint's stored config holds it."""
+    if cfg.data.get("num_classes") is not None or datamodule.train_reader is None:
+        return
+    n = getattr(datamodule.train_reader, "num_classes", None)
+    if n is None:
+        raise ValueError("data.num_classes is null and the training reader does not report a class count: set it")
+    with open_dict(cfg):
+        cfg.data.num_classes = int(n)
+    datamodule.num_classes = int(n)
+    log.info(f"data.num_classes = {int(n)} (from {datamodule.train_reader!r})")
 
 
 def build_method(cfg: DictConfig, val_view: Mapping[str, Mapping]) -> FaceModule:
@@ -80,7 +124,7 @@ def build_method(cfg: DictConfig, val_view: Mapping[str, Mapping]) -> FaceModule
 
 
 def build_callbacks(cfg: DictConfig, run_config: Mapping) -> list:
-    callbacks = [StoreConfig(run_config)]
+    callbacks = [StoreConfig(run_config), CorruptRecords()]
     for name, c in (cfg.get("callbacks") or {}).items():
         if isinstance(c, DictConfig) and "_target_" in c:
             callbacks.append(instantiate(c))
@@ -128,9 +172,10 @@ def check_launch(cfg: DictConfig) -> None:
 
 def build(cfg: DictConfig, with_train: bool = True) -> Built:
     check_launch(cfg)
-    run_config = resolved_config(cfg)
     val_datasets, val_view = build_val(cfg)
-    datamodule = build_datamodule(cfg.data, val_datasets, with_train=with_train)
+    datamodule = build_datamodule(cfg.data, val_datasets, with_train=with_train, augment_cfg=cfg.get("augment"))
+    fill_num_classes(cfg, datamodule)
+    run_config = resolved_config(cfg)
     method = build_method(cfg, val_view)
     trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg, run_config), logger=build_loggers(cfg) or False)
     return Built(datamodule, method, trainer, run_config)
