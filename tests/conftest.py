@@ -31,3 +31,14 @@ def cfg_factory(tmp_path):
 
     yield make
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """One short CR-FIQA training run (tiny backbone, SynthFace) shared by every test that needs a
+    trained fiqa checkpoint: ``<run>/checkpoints/last.ckpt``."""
+    from tests.helpers.run_main import TINY, TINY_VAL, run_main
+
+    run = tmp_path_factory.mktemp("train")
+    run_main(*TINY, *TINY_VAL, f"hydra.run.dir={run}")
+    return run

@@ -17,11 +17,8 @@ def test_fast_dev_run_every_method(method, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One short training run shared by the tests below."""
-    run = tmp_path_factory.mktemp("train")
-    run_main(*TINY, *TINY_VAL, f"hydra.run.dir={run}")
-    return run
+def trained(trained_run):
+    return trained_run
 
 
 def test_train_writes_metrics_plots_and_checkpoints(trained):
@@ -115,3 +112,24 @@ def test_wandb_offline_without_key(tmp_path):
     run_main("logger=wandb", "debug=limit", *TINY, "val=[]", f"hydra.run.dir={tmp_path}")
     runs = list(Path(tmp_path).glob("wandb/offline-run-*"))
     assert len(runs) == 1, list(Path(tmp_path).rglob("*"))[:20]
+
+
+def test_init_ckpt_copies_the_backbone_and_refuses_a_misfit(trained, tmp_path):
+    import torch
+
+    from fiqa.tasks import build as B
+    from fiqa.tasks.train import init_backbone
+    from tests.conftest import compose_cfg
+
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    cfg = compose_cfg(["method=magface_finetune", "data.train.num_identities=16", f"init_ckpt={ckpt}",
+                       "val.synth.dataset.num_pairs=20"], tmp_path)  # fmt: skip
+    built = B.build(cfg)
+    init_backbone(built.method, cfg)
+    source = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    for k, v in built.method.backbone.state_dict().items():
+        torch.testing.assert_close(v, source[f"backbone.{k}"])
+    assert built.method.head.l_a == 1.0  # the fine-tuning preset
+    bad = compose_cfg(["backbone=mobilefacenet", f"init_ckpt={ckpt}", "val.synth.dataset.num_pairs=20"], tmp_path)
+    with pytest.raises(ValueError, match="does not fit backbone="):
+        init_backbone(B.build(bad).method, bad)

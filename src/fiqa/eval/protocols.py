@@ -4,6 +4,9 @@
 
 ``targets`` are what the set provides (``issame`` (P,) for pair sets, ``degradation`` (N,) for
 SynthFace); a protocol takes what it needs and ignores the rest. Pure numpy.
+
+``pair_similarity`` (P,), when given, replaces the cosine of the pair's embeddings as the
+comparison score (``val.<set>.score=qmagface``: QMagFace's quality-aware score).
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ def verification(
     nfolds: int = 10,
     far_target: float = 1e-3,
     distance: str = "sqeuclidean",
+    pair_similarity: np.ndarray | None = None,
     **_,
 ) -> dict:
     """insightface 10-fold accuracy and VAL@FAR on L2-normalised embeddings
-    (``distance="cosine"``: the XQLFW protocol)."""
+    (``distance="cosine"``: the XQLFW protocol), or on ``pair_similarity``."""
+    if pair_similarity is not None:
+        return ver.evaluate_similarity(pair_similarity, issame, nfolds, far_target, distance)
     return ver.evaluate(
         ver.l2_normalize(np.asarray(embeddings, np.float64)),
         np.asarray(issame, bool),
@@ -41,11 +47,20 @@ def quality_vs_degradation(embeddings: np.ndarray, qualities: np.ndarray, degrad
 
 
 def reject_fnmr(
-    embeddings: np.ndarray, qualities: np.ndarray, issame: np.ndarray, fmr: float = 1e-2, reject: float = 0.2, **_
+    embeddings: np.ndarray,
+    qualities: np.ndarray,
+    issame: np.ndarray,
+    fmr: float = 1e-2,
+    reject: float = 0.2,
+    pair_similarity: np.ndarray | None = None,
+    **_,
 ) -> dict:
     """FNMR at a threshold fixed at ``fmr`` on all pairs, before and after rejecting the
     ``reject`` fraction of pairs with the lowest min-quality."""
-    scores = qm.pair_scores(ver.l2_normalize(np.asarray(embeddings, np.float64)))
+    if pair_similarity is not None:
+        scores = np.asarray(pair_similarity, np.float64)
+    else:
+        scores = qm.pair_scores(ver.l2_normalize(np.asarray(embeddings, np.float64)))
     pq = qm.pair_quality(np.asarray(qualities, np.float64), reduce="min")
     key = qm.fmr_key(fmr)
     before = qm.fnmr_at_fmr(scores, issame, fmr)

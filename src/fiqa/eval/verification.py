@@ -33,6 +33,9 @@ __all__ = [
     "calculate_roc",
     "calculate_val",
     "evaluate",
+    "evaluate_similarity",
+    "roc_from_distances",
+    "val_from_distances",
     "far_key",
     "fuse_flip",
     "kfold_splits",
@@ -167,9 +170,14 @@ def calculate_roc(thresholds, emb1, emb2, issame, nfolds: int = 10, distance: st
       whose denominator is zero (no positives, or no negatives, in a test fold) counts as 0, as in
       insightface.
     """
-    thresholds = np.asarray(thresholds, dtype=np.float64)
     emb1, emb2, issame = _check_pairs(emb1, emb2, issame, nfolds)
-    dist = pair_distances(emb1, emb2, distance)
+    return roc_from_distances(thresholds, pair_distances(emb1, emb2, distance), issame, nfolds)
+
+
+def roc_from_distances(thresholds, dist, issame, nfolds: int = 10):
+    """:func:`calculate_roc` on precomputed per-pair distances (``same iff dist < t``)."""
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    dist, issame = np.asarray(dist, dtype=np.float64), np.asarray(issame, dtype=bool)
     n_thr = thresholds.size
     tprs = np.zeros((nfolds, n_thr))
     fprs = np.zeros((nfolds, n_thr))
@@ -260,7 +268,13 @@ def calculate_val(
     if not 0.0 < far_target <= 1.0:
         raise ValueError(f"far_target must be in (0, 1], got {far_target}")
     emb1, emb2, issame = _check_pairs(emb1, emb2, issame, nfolds)
-    dist = pair_distances(emb1, emb2, distance)
+    return val_from_distances(thresholds, pair_distances(emb1, emb2, distance), issame, far_target, nfolds)
+
+
+def val_from_distances(thresholds, dist, issame, far_target: float = 1e-3, nfolds: int = 10):
+    """:func:`calculate_val` on precomputed per-pair distances."""
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    dist, issame = np.asarray(dist, dtype=np.float64), np.asarray(issame, dtype=bool)
     val = np.zeros(nfolds)
     far = np.zeros(nfolds)
     for fold, (train, test) in enumerate(kfold_splits(dist.size, nfolds)):
@@ -320,6 +334,40 @@ def evaluate(
     )
     _, _, accuracy, best_thresholds = calculate_roc(roc_thr, emb1, emb2, issame, nfolds, distance)
     val, val_std, far = calculate_val(val_thr, emb1, emb2, issame, far_target, nfolds, distance)
+    return {
+        "acc": float(np.mean(accuracy)),
+        "acc_std": float(np.std(accuracy)),
+        "best_threshold": float(np.mean(best_thresholds)),
+        f"val@{far_key(far_target)}": val,
+        "val_std": val_std,
+        "far": far,
+    }
+
+
+def evaluate_similarity(
+    similarity, issame, nfolds: int = 10, far_target: float = 1e-3, distance: str = "sqeuclidean"
+) -> dict[str, float]:
+    """:func:`evaluate` on a per-pair similarity score (higher = same), e.g. QMagFace's fused score.
+
+    The score becomes the distance the protocol thresholds: ``2 - 2 s`` for ``sqeuclidean`` and
+    ``1 - s`` for ``cosine``. For ``s`` = the cosine of unit embeddings these are the protocol's own
+    distances, so the same grids and folds apply; a fused score may leave [-1, 1], and pairs beyond
+    the grid are then never (or always) accepted."""
+    s = np.asarray(similarity, dtype=np.float64)
+    issame = np.asarray(issame, dtype=bool)
+    if s.ndim != 1 or s.shape != issame.shape:
+        raise ValueError(f"similarity and issame must be 1-D of equal length, got {s.shape} and {issame.shape}")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("similarity contains NaN or inf")
+    if s.size < nfolds:
+        raise ValueError(f"{s.size} pairs cannot be split into {nfolds} folds (need at least {nfolds} pairs)")
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {list(DISTANCES)}, got {distance!r}")
+    cosine = distance == "cosine"
+    dist = (1.0 - s) if cosine else (2.0 - 2.0 * s)
+    roc_thr, val_thr = (COSINE_ROC_THRESHOLDS, COSINE_VAL_THRESHOLDS) if cosine else (ROC_THRESHOLDS, VAL_THRESHOLDS)
+    _, _, accuracy, best_thresholds = roc_from_distances(roc_thr, dist, issame, nfolds)
+    val, val_std, far = val_from_distances(val_thr, dist, issame, far_target, nfolds)
     return {
         "acc": float(np.mean(accuracy)),
         "acc_std": float(np.std(accuracy)),

@@ -16,6 +16,7 @@ from fiqa.heads import margins
 class HeadOutput:
     logits: torch.Tensor  # (B, C) scaled, margin applied to the targets (float32)
     cosine: torch.Tensor  # (B, C) pre-margin cosines (float32), e.g. for CR-FIQA's targets
+    norm: torch.Tensor | None = None  # (B,) the magnitude a head used (MagFace: clamped ||x||)
 
 
 class MarginHead(nn.Module):

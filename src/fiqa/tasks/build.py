@@ -19,6 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from fiqa.callbacks.corrupt import CorruptRecords
 from fiqa.callbacks.store_config import CONFIG_KEY, StoreConfig
 from fiqa.data.datamodule import FaceDataModule
+from fiqa.data.transforms import ToModelInput
 from fiqa.methods.base import FaceModule
 from fiqa.utils.logging import get_logger
 
@@ -41,8 +42,9 @@ def resolved_config(cfg: DictConfig) -> dict:
     """The run config with every interpolation resolved (the ``hydra`` node dropped)."""
     c = OmegaConf.to_container(cfg, resolve=True)
     c.pop("hydra", None)
-    if c.get("task") != "pack":
-        c.pop("pack", None)
+    for node in ("pack", "score"):  # only their own task reads them
+        if c.get("task") != {"score": "quality"}.get(node, node):
+            c.pop(node, None)
     return c
 
 
@@ -198,19 +200,78 @@ def load_checkpoint(path: str, trust_checkpoint: bool = False) -> dict:
         ) from err
 
 
-def build_from_checkpoint(cfg: DictConfig) -> tuple[Built, dict]:
-    """Rebuild the model from the config stored in the checkpoint, evaluate on the current ``val``."""
-    ckpt = load_checkpoint(cfg.ckpt_path, bool(cfg.get("trust_checkpoint", False)))
-    if CONFIG_KEY not in ckpt:
-        raise ValueError(
-            f"ckpt_path={cfg.ckpt_path!r} holds no '{CONFIG_KEY}': it was not written by fiqa's "
-            f"task=train (released checkpoints of other repos load through fiqa.interop)"
-        )
-    train_cfg = OmegaConf.create(ckpt[CONFIG_KEY])
+def is_fiqa_checkpoint(ckpt: Mapping) -> bool:
+    return isinstance(ckpt, Mapping) and CONFIG_KEY in ckpt and "state_dict" in ckpt
+
+
+def input_convention(data_cfg: Mapping) -> dict:
+    """What the network is fed: ``{"color", "mean", "std"}`` from a data config."""
+    return {
+        "color": data_cfg.get("color", "rgb"),
+        "mean": float(data_cfg.get("normalize_mean", 127.5)),
+        "std": float(data_cfg.get("normalize_std", 127.5)),
+    }
+
+
+def load_model(
+    path: str,
+    val_view: Mapping[str, Mapping] | None = None,
+    trust_checkpoint: bool = False,
+    ckpt_format: str = "auto",
+    quality_path: str | None = None,
+    arch: str | None = None,
+) -> FaceModule:
+    """A model from a checkpoint, ready for evaluation or scoring, with ``input_convention`` set.
+
+    A fiqa checkpoint is rebuilt from the config stored in it; anything else is an original's released
+    checkpoint, loaded strictly through :func:`fiqa.interop.load_released` (``ckpt_format``)."""
+    ckpt = load_checkpoint(path, trust_checkpoint) if ckpt_format in ("auto", "fiqa") else None
+    if ckpt is not None and is_fiqa_checkpoint(ckpt):
+        train_cfg = OmegaConf.create(ckpt[CONFIG_KEY])
+        method = build_method(train_cfg, val_view or {})
+        method.load_state_dict(ckpt["state_dict"], strict=True)
+        method.input_convention = input_convention(train_cfg.data)
+        method.source_config = train_cfg
+        return method
+    if ckpt_format == "fiqa":
+        raise ValueError(f"ckpt_path={path!r} holds no '{CONFIG_KEY}': it was not written by fiqa's task=train")
+    from fiqa.interop import load_released, to_face_module
+
+    released = load_released(
+        path, format=ckpt_format, arch=arch, trust_checkpoint=trust_checkpoint, quality_path=quality_path
+    )
+    method = to_face_module(released)
+    method.val_sets = dict(val_view or {})
+    method.input_convention = {"color": released.color, "mean": released.normalize_mean, "std": released.normalize_std}
+    method.source_config = None
+    log.info(f"loaded a released {released.format} checkpoint ({released.arch}) from {path}")
+    return method
+
+
+def wrap_quality(method: FaceModule, quality_cfg: Any) -> FaceModule:
+    """Replace the model's quality by another source (``quality=serfiq|norm``; ``own`` keeps it)."""
+    if quality_cfg is None or not isinstance(quality_cfg, DictConfig) or "_target_" not in quality_cfg:
+        return method
+    wrapped = _instantiate(quality_cfg)(method)
+    wrapped.input_convention = getattr(method, "input_convention", None)
+    return wrapped
+
+
+def build_from_checkpoint(cfg: DictConfig) -> tuple[Built, FaceModule]:
+    """Rebuild the model from the checkpoint (ours or a released one), evaluate on the current ``val``."""
     val_datasets, val_view = build_val(cfg)
-    datamodule = build_datamodule(train_cfg.data, val_datasets, with_train=False)
-    method = build_method(train_cfg, val_view)
-    method.load_state_dict(ckpt["state_dict"], strict=True)
+    method = load_model(
+        cfg.ckpt_path,
+        val_view,
+        bool(cfg.get("trust_checkpoint", False)),
+        str(cfg.get("ckpt_format", "auto")),
+        cfg.get("quality_ckpt_path"),
+    )
+    method = wrap_quality(method, cfg.get("quality"))
+    data_cfg = method.source_config.data if getattr(method, "source_config", None) is not None else cfg.data
+    conv = method.input_convention
+    datamodule = build_datamodule(data_cfg, val_datasets, with_train=False)
+    datamodule.to_input = ToModelInput(conv["color"], conv["mean"], conv["std"])
     run_config = resolved_config(cfg)
     trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg, run_config), logger=build_loggers(cfg) or False)
-    return Built(datamodule, method, trainer, run_config), ckpt
+    return Built(datamodule, method, trainer, run_config), method

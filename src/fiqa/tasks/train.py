@@ -18,6 +18,8 @@ def train(cfg: DictConfig) -> float:
     built = None
     try:
         built = build(cfg)
+        if cfg.get("init_ckpt"):
+            init_backbone(built.method, cfg)
         built.trainer.fit(built.method, datamodule=built.datamodule, ckpt_path=cfg.get("ckpt_path"))
         if built.trainer.fast_dev_run:
             log.info("fast_dev_run: no checkpoint, no final evaluation")
@@ -48,3 +50,19 @@ def holds_final_weights(trainer: L.Trainer, ckpt: str | None) -> bool:
         return False
     step = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step")
     return step == trainer.global_step and any(k.startswith("val/") for k in trainer.callback_metrics)
+
+
+def init_backbone(method, cfg: DictConfig) -> None:
+    """``init_ckpt=PATH``: start training from another model's backbone weights (ours or a released
+    checkpoint), loaded strictly; the head, quality head and optimiser start fresh (unlike
+    ``ckpt_path``, which resumes a run). MagFace fine-tuning from ArcFace starts this way."""
+    from fiqa.tasks.build import load_model
+
+    source = load_model(str(cfg.init_ckpt), {}, bool(cfg.trust_checkpoint), str(cfg.ckpt_format), None)
+    try:
+        method.backbone.load_state_dict(source.backbone.state_dict(), strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"init_ckpt={cfg.init_ckpt!r}: its backbone does not fit backbone={cfg.backbone._target_}: {err}"
+        ) from None
+    log.info(f"backbone initialised from {cfg.init_ckpt} ({type(source.backbone).__name__})")

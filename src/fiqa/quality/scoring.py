@@ -1,0 +1,131 @@
+"""Score images with any model: ``fiqa.quality.score(images, model) -> qualities``.
+
+``images``: a uint8 array ``(N, H, W, 3)`` or one ``(H, W, 3)`` image, RGB; a list of image paths; a
+path (directory, ``.rec``, ``.bin`` or list file, see :mod:`fiqa.data.sources`); or any reader yielding
+``(uint8 RGB, label, meta)``. ``model``: a :class:`~fiqa.methods.base.FaceModule` or a checkpoint path
+(ours, or an original's released one through :mod:`fiqa.interop`). The model's input convention
+(channel order, normalisation) is applied; the quality is the model's own (``FaceOutput.quality``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from fiqa.data.transforms import ToModelInput
+
+__all__ = ["ArrayImages", "input_transform", "score", "score_reader"]
+
+DEFAULT_CONVENTION = {"color": "rgb", "mean": 127.5, "std": 127.5}
+
+
+class ArrayImages:
+    """A uint8 (N, H, W, 3) RGB array as a reader."""
+
+    def __init__(self, images: np.ndarray):
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 (N, H, W, 3) RGB, got {images.dtype} {images.shape}")
+        self.images = images
+        self.keys = [str(i) for i in range(len(images))]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i], 0, {"index": i}
+
+
+def input_transform(model) -> ToModelInput:
+    """The model's input convention (set when it was built from a config or a released checkpoint)."""
+    conv = {**DEFAULT_CONVENTION, **(getattr(model, "input_convention", None) or {})}
+    return ToModelInput(conv["color"], conv["mean"], conv["std"])
+
+
+class _Scored(torch.utils.data.Dataset):
+    def __init__(self, reader, transform):
+        self.reader, self.transform = reader, transform
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, i: int):
+        img, _, _ = self.reader[i]
+        return self.transform(img), i
+
+
+def score_reader(
+    model,
+    reader,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+    return_embeddings: bool = False,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(qualities (N,), embeddings (N, D) or None)`` of every image of ``reader``, in order."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    was_training = model.training
+    model.eval().to(device)
+    loader = DataLoader(_Scored(reader, input_transform(model)), batch_size=batch_size, num_workers=num_workers)
+    qualities, embeddings = np.empty(len(reader), np.float64), None
+    bar = _progress(progress, len(reader))
+    try:
+        with torch.no_grad():
+            for images, idx in loader:
+                out = model(images.to(device, non_blocking=True))
+                qualities[idx.numpy()] = out.quality.float().view(-1).cpu().numpy()
+                if return_embeddings:
+                    e = out.embedding.float().cpu().numpy()
+                    if embeddings is None:
+                        embeddings = np.empty((len(reader), e.shape[1]), np.float32)
+                    embeddings[idx.numpy()] = e
+                if bar is not None:
+                    bar[0].update(bar[1], advance=len(idx))
+    finally:
+        if bar is not None:
+            bar[0].stop()
+        model.train(was_training)
+    return qualities, embeddings
+
+
+def _progress(enabled: bool, total: int):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    p = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    p.start()
+    return p, p.add_task("score", total=total)
+
+
+def _as_reader(images: Any):
+    from fiqa.data.sources import FileSource, open_source
+
+    if isinstance(images, np.ndarray):
+        return ArrayImages(images)
+    if isinstance(images, (str, os.PathLike)):
+        return open_source(images)
+    if isinstance(images, Sequence) and images and isinstance(images[0], (str, os.PathLike)):
+        paths = [os.fspath(p) for p in images]
+        return FileSource(paths, paths, "a list of paths")
+    if hasattr(images, "__getitem__") and hasattr(images, "__len__"):
+        return images
+    raise TypeError(f"images: expected a uint8 array, a path, a list of paths or a reader, got {type(images).__name__}")
+
+
+def score(images: Any, model: Any, batch_size: int = 64, device: str | None = None, **kwargs) -> np.ndarray:
+    """The quality of every image (higher = better), with ``model``'s input convention."""
+    if isinstance(model, (str, os.PathLike)):
+        from fiqa.tasks.build import load_model
+
+        model = load_model(os.fspath(model))
+    q, _ = score_reader(model, _as_reader(images), batch_size=batch_size, device=device, **kwargs)
+    return q
