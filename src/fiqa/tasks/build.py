@@ -242,7 +242,9 @@ def load_model(
     )
     method = to_face_module(released)
     method.val_sets = dict(val_view or {})
-    method.input_convention = {"color": released.color, "mean": released.normalize_mean, "std": released.normalize_std}
+    # ReleasedModel takes fiqa's (x - 127.5) / 127.5 in the original's channel order and re-maps it to the
+    # original's normalisation itself (e.g. MagFace's x / 255)
+    method.input_convention = {"color": released.color, "mean": 127.5, "std": 127.5}
     method.source_config = None
     log.info(f"loaded a released {released.format} checkpoint ({released.arch}) from {path}")
     return method

@@ -1,0 +1,36 @@
+"""Released checkpoints of the original repositories, loaded strictly into fiqa modules.
+
+    from fiqa.interop import load_released, to_face_module
+    released = load_released("181952backbone.pth")          # format and depth detected from the keys
+    model = to_face_module(released)                         # a FaceModule: forward -> FaceOutput
+
+Formats: ``arcface_torch``, ``crfiqa``, ``magface``, ``adaface``, ``eqface`` (see
+:mod:`fiqa.interop.formats`). Files are read with ``weights_only=True`` unless
+``trust_checkpoint=True``.
+"""
+
+from fiqa.interop.checkpoints import (
+    CheckpointMismatchError,
+    KeyMap,
+    UntrustedCheckpointError,
+    load_mapped,
+    read_checkpoint,
+)
+from fiqa.interop.formats import FORMATS, Released
+from fiqa.interop.load import convert_released, detect_format, load_released
+from fiqa.interop.model import ReleasedModel, to_face_module
+
+__all__ = [
+    "FORMATS",
+    "CheckpointMismatchError",
+    "KeyMap",
+    "Released",
+    "ReleasedModel",
+    "UntrustedCheckpointError",
+    "convert_released",
+    "detect_format",
+    "load_mapped",
+    "load_released",
+    "read_checkpoint",
+    "to_face_module",
+]
