@@ -25,6 +25,7 @@ bench:              ## speed figures (never part of the tests)
 	$(PY) benchmarks/synthface_throughput.py
 	bash benchmarks/default_job.sh
 	$(PY) benchmarks/recordio_throughput.py
+	$(PY) benchmarks/serfiq_cost.py
 
 lint:
 	$(PY) -m ruff check src tests benchmarks main.py

@@ -42,6 +42,9 @@ def test_groups_have_the_expected_options():
 @pytest.mark.parametrize("method", _options("method"))
 def test_every_method_builds(method, tmp_path):
     cfg = compose_cfg([f"method={method}", *SMALL], tmp_path)
+    if method == "serfiq":  # training-free: task=eval on a checkpoint, with the SER-FIQ quality source
+        assert cfg.task == "eval" and cfg.method is None and cfg.quality._target_.endswith("SERFIQ")
+        return
     _, view = B.build_val(cfg)
     m = B.build_method(cfg, view)
     variants = {"magface_finetune": "magface", "magcosface": "magface"}  # presets of one class

@@ -11,7 +11,12 @@ from fiqa.tasks.common import finish_loggers, publish, validate
 
 def evaluate(cfg: DictConfig) -> float:
     if not cfg.get("ckpt_path"):
-        raise ValueError("task=eval needs ckpt_path=<path to a .ckpt written by task=train>")
+        hint = ""
+        if cfg.get("method") is None:
+            hint = " (method=serfiq is training-free: it evaluates the FR model of ckpt_path)"
+        raise ValueError(
+            "task=eval needs ckpt_path=<a .ckpt written by task=train, or an original's released checkpoint>" + hint
+        )
     if not cfg.get("val"):
         raise ValueError("task=eval needs at least one val set, e.g. val=[synth] (choices: the files in conf/val/)")
     built = None

@@ -14,6 +14,11 @@ log = get_logger(__name__)
 
 
 def train(cfg: DictConfig) -> float:
+    if cfg.get("method") is None:
+        raise ValueError(
+            "task=train needs a trainable method (method=crfiqa|arcface|magface|...); this one is training-free: "
+            "run it on a trained FR model with ckpt_path=<model> (task=eval)"
+        )
     L.seed_everything(cfg.seed, workers=True)
     built = None
     try:
