@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -81,6 +82,20 @@ class FaceModule(L.LightningModule):
     def quality(self, out: BackboneOutput) -> torch.Tensor:
         """Scalar quality per image, higher = better. Default: the embedding norm."""
         return out.embedding.float().norm(dim=1)
+
+    def pair_similarity(self, name: str, embeddings: np.ndarray, qualities: np.ndarray) -> np.ndarray | None:
+        """The comparison score of the pairs (rows 2p, 2p+1) of val set ``name``, or None for the cosine
+        of the embeddings (the default). ``val.<set>.score=qmagface``: QMagFace's quality-aware score with
+        ``val.<set>.qmagface.{preset | alpha, beta}``."""
+        spec = self.val_sets.get(name, {})
+        kind = spec.get("score", "cosine")
+        if kind in (None, "cosine"):
+            return None
+        if kind != "qmagface":
+            raise ValueError(f"val.{name}.score={kind!r} is not valid; choose one of ['cosine', 'qmagface']")
+        params = dict(spec.get("qmagface") or {})
+        alpha, beta, preset = params.get("alpha"), params.get("beta"), params.get("preset")
+        return qmagface_pair_scores(embeddings, qualities, alpha, beta, None if alpha is not None else preset)
 
     def losses(self, out: BackboneOutput, batch: Mapping[str, torch.Tensor]) -> dict:
         """Named loss terms (summed for the step). Default: CE on the margin logits."""
@@ -193,7 +208,9 @@ class FaceModule(L.LightningModule):
             res = self._gather(self._val_buffers[name])
             self.val_results[name] = res
             targets = dm.val_targets(i) if dm is not None else {}
-            metrics = evaluate_set(name, res, targets, self.val_sets[name].get("protocols", {}))
+            metrics = evaluate_set(
+                name, res, targets, self.val_sets[name].get("protocols", {}), partial(self.pair_similarity, name)
+            )
             for k, v in metrics.items():
                 self.log(f"val/{name}/{k}", v, add_dataloader_idx=False, rank_zero_only=False, sync_dist=False)
             if "acc" in metrics and math.isfinite(metrics["acc"]):
@@ -206,8 +223,23 @@ class FaceModule(L.LightningModule):
     on_test_epoch_end = on_validation_epoch_end
 
 
+def qmagface_pair_scores(embeddings, qualities, alpha=None, beta=None, preset=None) -> np.ndarray:
+    """QMagFace's score of the pairs (rows 2p, 2p+1): cosine of the unit embeddings fused with min quality."""
+    from fiqa.eval.verification import l2_normalize
+    from fiqa.quality import qmagface
+
+    e = l2_normalize(np.asarray(embeddings, np.float64))
+    q = np.asarray(qualities, np.float64)
+    cos = np.sum(e[0::2] * e[1::2], axis=1)
+    return qmagface.score(cos, q[0::2], q[1::2], alpha, beta, preset=preset)
+
+
 def evaluate_set(
-    name: str, res: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray], protocols: Mapping[str, Callable]
+    name: str,
+    res: Mapping[str, np.ndarray],
+    targets: Mapping[str, np.ndarray],
+    protocols: Mapping[str, Callable],
+    pair_similarity: Callable | None = None,
 ) -> dict:
     """Run a val set's protocols on its gathered outputs. When the outputs do not cover the whole
     set (``limit_val_batches``, ``fast_dev_run``), only complete pairs are evaluated, with a warning."""
@@ -235,6 +267,10 @@ def evaluate_set(
             f"val/{name}: {len(indices)} of {n_total} images embedded (limit_val_batches or "
             f"fast_dev_run): metrics on the {len(q)} complete ones only"
         )
+    if pair_similarity is not None and "issame" in t:
+        sim = pair_similarity(emb, q)
+        if sim is not None:
+            t["pair_similarity"] = sim
     metrics = {}
     for key, protocol in protocols.items():
         try:

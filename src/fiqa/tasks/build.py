@@ -79,7 +79,12 @@ def build_val(cfg: DictConfig) -> tuple[dict, dict]:
         if not isinstance(v, DictConfig) or "dataset" not in v:
             raise ValueError(f"val.{name}: a val set needs a 'dataset' (with _target_) and 'protocols'; got {v}")
         datasets[name] = _instantiate(v.dataset)
-        method_view[name] = {"flip": bool(v.get("flip", True)), "protocols": _instantiate_values(v.get("protocols"))}
+        method_view[name] = {
+            "flip": bool(v.get("flip", True)),
+            "protocols": _instantiate_values(v.get("protocols")),
+            "score": v.get("score", "cosine"),
+            "qmagface": OmegaConf.to_container(v.qmagface, resolve=True) if v.get("qmagface") else None,
+        }
     return datasets, method_view
 
 
