@@ -68,7 +68,7 @@ class FaceModule(L.LightningModule):
         channels_last: bool = True,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "head", "optim", "val_sets", "quality_head"])
+        self.save_hyperparameters(ignore=["backbone", "head", "optim", "val_sets", "quality_head", "model"])
         self.backbone, self.head, self.quality_head = backbone, head, quality_head
         self.optim = dict(optim or {})
         self.val_sets = dict(val_sets or {})
