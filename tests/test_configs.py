@@ -79,8 +79,8 @@ def test_every_option_of_group_composes_and_instantiates(group, tmp_path, monkey
     monkeypatch.setenv("WANDB_MODE", "offline")
     for option in sorted(set(_options(group)) - FILE_OPTIONS.get(group, set())):
         overrides = [f"{group}={option}"] if group != "val" else [f"val=[{option}]"]
-        if group == "experiment":
-            overrides += ["backbone=iresnet_tiny"]
+        if group == "experiment":  # paper-scale experiments, built on the embedded data and a tiny net
+            overrides += ["backbone=iresnet_tiny", "data=synthface", "trainer=cpu"]
         cfg = compose_cfg([*overrides, *SMALL] if group not in ("val",) else overrides, tmp_path)
         built = B.build(cfg)
         assert built.method is not None and built.trainer is not None
