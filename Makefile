@@ -26,6 +26,7 @@ bench:              ## speed figures (never part of the tests)
 	bash benchmarks/default_job.sh
 	$(PY) benchmarks/recordio_throughput.py
 	$(PY) benchmarks/serfiq_cost.py
+	$(PY) benchmarks/erc_speed.py
 
 lint:
 	$(PY) -m ruff check src tests benchmarks main.py

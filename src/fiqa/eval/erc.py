@@ -1,0 +1,543 @@
+"""Error-versus-reject characteristic (ERC) of a quality measure, with AUC and pAUC. Pure numpy.
+
+The ``int(r * N)`` pairs of lowest pair quality (``pair_quality``, min by default) are rejected at
+each rate ``r`` of the grid (default ``np.arange(0, 0.98, 0.05)``), and the FNMR of the pairs left
+is reported at each FMR (default 1e-2, 1e-3, 1e-4). Threshold modes:
+
+- ``recompute_nearest`` (default; CR-FIQA ``ERC/erc.py`` + ``roc.get_eer_threshold``): on distances
+  (``arccos(clip(cos, -1, 1)) / pi`` for cosines), re-estimated on the kept pairs at every rate: of
+  the distinct kept distances ``t``, the one whose ``#{impostor <= t} / #impostor`` is nearest to the
+  FMR (a tie goes to the larger FMR, then to the largest ``t``); ``FNMR = 1 - #{genuine < t} / #genuine``.
+- ``recompute_index`` (MagFace ``eval_quality.py``): ``t`` = the ascending kept impostor distances
+  at ``(n_imp - 1) // 10**k`` for FMR ``10**-k``; ``FNMR = #{genuine >= t} / #genuine``; NaN where
+  MagFace's loop stops early (``n_imp - 1 < 10**(k-1)``).
+- ``fixed`` (ISO/IEC 29794-1 EDC; ``fiqa.eval.edc.fixed_threshold_erc``): the threshold is set once
+  on all impostors; then the FNM-EDC of the genuine pairs, discarded only where the quality changes.
+
+``auc``: trapezoid over the grid (CR-FIQA's ``sklearn.metrics.auc``), every mode. ``pauc`` at 0.2 and
+0.3: trapezoid up to the limit (recompute modes), or the stepwise pAUC of the exact EDC minus the
+theoretical best (``fixed``). ``ERCResult.metrics()``: ``erc_auc_fmr1e-3``, ``erc_pauc0.2_fmr1e-3``,
+``erc_fnmr_fmr1e-3_reject0.2`` ... (prefix ``erc`` / ``erc_index`` / ``edc``; ``erc_image[_index]``).
+``image_erc`` is SER-FIQ's protocol: reject images, then all pairs among the kept images.
+
+Speed, with the loop's numbers exactly (tests/eval/test_erc.py, benchmarks/erc_speed.py): no sort per
+rate. One sort of the qualities labels every pair with its segment (kept at rate ``i`` iff segment
+``> i``); distances are grouped by (segment, class) once and sorted per group (impostors: only the
+low tail that ``max(fmrs)`` can reach, with a cap that is checked, and widened if ties need more);
+every threshold then comes from ``searchsorted`` counts over the kept groups, for all rates at once.
+
+Differences from the originals: a stable quality order (theirs is quicksort: ties may go in another
+order), and NaN where no genuine or no impostor pair is kept (theirs raise or divide by zero).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fiqa.eval import quality_metrics as qm
+from fiqa.eval.edc import fixed_threshold_erc
+from fiqa.eval.verification import l2_normalize
+
+__all__ = [
+    "DEFAULT_FMRS",
+    "DEFAULT_REJECT",
+    "MODES",
+    "PAUC_LIMITS",
+    "REDUCTIONS",
+    "ERCResult",
+    "erc",
+    "erc_images",
+    "erc_pairs",
+    "image_erc",
+    "pair_quality",
+    "to_distance",
+]
+
+DEFAULT_REJECT = np.arange(0, 0.98, 0.05)
+DEFAULT_REJECT.flags.writeable = False
+DEFAULT_FMRS = (1e-2, 1e-3, 1e-4)
+PAUC_LIMITS = (0.2, 0.3)
+MODES = ("recompute_nearest", "recompute_index", "fixed")
+SCORE_KINDS = ("cosine", "similarity", "distance")
+REDUCTIONS = ("min", "mean", "product", "max")
+_FNMR_AT = (0.0, 0.1, 0.2, 0.3)
+_TOL = 1e-9  # a grid value within this of 0.3 is 0.3 (np.arange gives 0.30000000000000004)
+_TAIL_SLACK = 32  # impostors kept per group beyond max(fmrs) * n_imp, before a retry is needed
+
+
+def pair_quality(q1, q2=None, reduce: str = "min") -> np.ndarray:
+    """Pair quality from the two images' qualities: ``min`` (CR-FIQA, MagFace, ISO; default),
+    ``mean``, ``product`` (for non-negative qualities) or ``max`` (when the score is an uncertainty,
+    as PFE). With ``q2=None``, ``q1`` is interleaved (2P,): pair ``p`` is rows ``2p`` and ``2p+1``."""
+    a = np.asarray(q1, dtype=np.float64)
+    if q2 is None:
+        if a.ndim != 1 or a.size % 2:
+            raise ValueError(f"interleaved qualities must be 1-D of even length (2P,), got shape {a.shape}")
+        a, b = a[0::2], a[1::2]
+    else:
+        b = np.asarray(q2, dtype=np.float64)
+        if a.ndim != 1 or a.shape != b.shape:
+            raise ValueError(f"q1 and q2 must be 1-D of the same length, got {a.shape} and {b.shape}")
+    ops = {"min": np.minimum, "mean": lambda x, y: (x + y) / 2, "product": np.multiply, "max": np.maximum}
+    if reduce not in ops:
+        raise ValueError(f"reduce must be one of {list(REDUCTIONS)}, got {reduce!r}")
+    return ops[reduce](a, b)
+
+
+def to_distance(scores, score_kind: str = "cosine") -> np.ndarray:
+    """The comparison distance (lower = more similar) every mode works on: ``cosine`` ->
+    ``arccos(clip(s, -1, 1)) / pi`` (CR-FIQA, MagFace); ``similarity`` -> ``-s``; ``distance`` -> ``s``."""
+    s = np.asarray(scores, dtype=np.float64)
+    if score_kind not in SCORE_KINDS:
+        raise ValueError(f"score_kind must be one of {list(SCORE_KINDS)}, got {score_kind!r}")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores contain NaN or inf")
+    if score_kind == "cosine":
+        return np.arccos(np.clip(s, -1.0, 1.0)) / math.pi
+    return -s if score_kind == "similarity" else s
+
+
+@dataclass(frozen=True)
+class ERCResult:
+    """One ERC. ``fnmr``/``threshold`` are (R, F) over ``reject`` (R,) x ``fmrs`` (F,); the
+    thresholds are distances (``recompute_*``: match iff ``d < t``; ``fixed``: match iff ``d <= t``).
+    ``n_kept`` (R,): pairs kept (``fixed``: genuine pairs kept). ``auc`` (F,); ``pauc`` {limit: (F,)}.
+    ``edc``: the exact EDC per FMR (``fixed`` only, None where the FMR is not resolvable)."""
+
+    mode: str
+    reject: np.ndarray
+    fmrs: np.ndarray
+    fnmr: np.ndarray
+    threshold: np.ndarray
+    n_kept: np.ndarray
+    auc: np.ndarray
+    pauc: dict
+    prefix: str = "erc"
+    edc: list = field(default=None, repr=False)
+
+    def metrics(self, prefix: str | None = None, fnmr_at=None) -> dict[str, float]:
+        """Flat ``{f"{prefix}_auc_fmr1e-3": ..., f"{prefix}_pauc0.2_fmr1e-3": ...,
+        f"{prefix}_fnmr_fmr1e-3_reject0.2": ...}``. ``fnmr_at``: reject rates on the grid (default:
+        those of 0, 0.1, 0.2, 0.3 that are on it)."""
+        p = self.prefix if prefix is None else prefix
+        if fnmr_at is None:
+            fnmr_at = [r for r in _FNMR_AT if np.any(np.abs(self.reject - r) <= _TOL)]
+        out = {}
+        for f, fmr in enumerate(self.fmrs):
+            key = qm.fmr_key(float(fmr))
+            out[f"{p}_auc_{key}"] = float(self.auc[f])
+            for limit, v in self.pauc.items():
+                out[f"{p}_pauc{limit:g}_{key}"] = float(v[f])
+            for r in fnmr_at:
+                hit = np.flatnonzero(np.abs(self.reject - r) <= _TOL)
+                if hit.size == 0:
+                    raise ValueError(f"reject rate {r} is not on the grid {self.reject.tolist()}")
+                out[f"{p}_fnmr_{key}_reject{r:g}"] = float(self.fnmr[hit[0], f])
+        return out
+
+
+# ---- inputs -----------------------------------------------------------------------------------
+def _check_grid(reject, fmrs, mode: str):
+    r = DEFAULT_REJECT if reject is None else np.asarray(reject, dtype=np.float64)
+    if r.ndim != 1 or r.size == 0 or not np.all((r >= 0) & (r < 1)) or np.any(np.diff(r) < 0):
+        raise ValueError(f"reject must be a non-empty, non-decreasing 1-D grid in [0, 1), got {reject}")
+    f = np.asarray([float(x) for x in fmrs], dtype=np.float64)
+    if f.ndim != 1 or f.size == 0 or not np.all((f > 0) & (f < 1)):
+        raise ValueError(f"fmrs must be a non-empty list of rates in (0, 1), got {fmrs}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    if mode == "recompute_index":
+        _decimal_exponents(f)
+    return r, f
+
+
+def _decimal_exponents(fmrs: np.ndarray) -> np.ndarray:
+    k = np.round(-np.log10(fmrs)).astype(np.int64)
+    if not np.allclose(10.0 ** (-k.astype(np.float64)), fmrs, rtol=1e-12, atol=0):
+        raise ValueError(f"mode='recompute_index' (MagFace's index chain) takes FMRs 10**-k only, got {fmrs.tolist()}")
+    return k
+
+
+def _segments(key: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """``#{i : pos >= cuts[i]}`` per item, with ``pos`` its rank in the stable ascending order of
+    ``key``: kept at rate ``i`` iff the segment is ``> i``. One sort of the values, no argsort."""
+    n = key.size
+    ks = np.sort(key)
+    seg = np.zeros(n, np.uint8 if cuts.size < 255 else np.int32)
+    for k in cuts:
+        if k >= n:
+            continue
+        if k == 0:
+            seg += 1
+            continue
+        v = ks[k]
+        lo, hi = np.searchsorted(ks, v, "left"), np.searchsorted(ks, v, "right")
+        if hi - lo == 1:
+            seg += key >= v
+        else:  # ties straddle the cut: of the equal values, the later ones (by index) stay
+            seg += key > v
+            seg[np.flatnonzero(key == v)[k - lo :]] += 1
+    return seg
+
+
+# ---- kept-set order statistics ----------------------------------------------------------------
+class _Parts:
+    """Sorted values of one class per segment; rate ``i`` keeps ``parts[i:]``. Part ``j`` holds every
+    value ``<= caps[j]`` of its segment (all of it when the cap is inf) and has ``totals[j]`` in all."""
+
+    def __init__(self, parts: list, totals, caps):
+        self.parts = parts
+        totals = np.asarray(totals, np.int64)
+        self.n = np.append(np.cumsum(totals[::-1])[::-1], 0)
+        self.cap = np.append(np.minimum.accumulate(np.asarray(caps, np.float64)[::-1])[::-1], np.inf)
+        firsts = np.array([p[0] if p.size else np.inf for p in parts])
+        lasts = np.array([p[-1] if p.size else -np.inf for p in parts])
+        self.first = np.append(np.minimum.accumulate(firsts[::-1])[::-1], np.inf)
+        self.last = np.append(np.maximum.accumulate(lasts[::-1])[::-1], -np.inf)
+        self._all = None
+
+    def count(self, v, i, side: str) -> np.ndarray:
+        out = np.zeros(np.shape(v), np.int64)
+        for j, p in enumerate(self.parts):
+            if p.size:
+                out += np.where(i <= j, np.searchsorted(p, v, side), 0)
+        return out
+
+    def max_below(self, v, i) -> np.ndarray:
+        out = np.full(np.shape(v), -np.inf)
+        for j, p in enumerate(self.parts):
+            if p.size:
+                k = np.searchsorted(p, v, "left")
+                out = np.where((i <= j) & (k > 0), np.maximum(out, p[np.maximum(k - 1, 0)]), out)
+        return out
+
+    def min_above(self, v, i) -> np.ndarray:
+        out = np.full(np.shape(v), np.inf)
+        for j, p in enumerate(self.parts):
+            if p.size:
+                k = np.searchsorted(p, v, "right")
+                out = np.where((i <= j) & (k < p.size), np.minimum(out, p[np.minimum(k, p.size - 1)]), out)
+        return out
+
+    def kth(self, c, i) -> np.ndarray:
+        """The ``c``-th smallest (1-based) kept value; NaN when fewer are stored."""
+        if self._all is None:
+            self._all = np.sort(np.concatenate(self.parts)) if self.parts else np.empty(0)
+        a = self._all
+        if a.size == 0:
+            return np.full(np.shape(c), np.nan)
+        lo, hi = np.zeros(np.shape(c), np.int64), np.full(np.shape(c), a.size - 1)
+        while np.any(lo < hi):
+            mid = (lo + hi) // 2
+            ok = (self.count(a[mid], i, "right") >= c) | (lo == hi)
+            hi, lo = np.where(ok, mid, hi), np.where(ok, lo, mid + 1)
+        return np.where(self.count(a[lo], i, "right") >= c, a[lo], np.nan)
+
+
+def _group(d: np.ndarray, genuine: np.ndarray, seg: np.ndarray, n_parts: int):
+    """Distances grouped by (segment, class): (genuine parts sorted, impostor parts unsorted, counts)."""
+    small = np.uint8 if n_parts < 127 else np.uint16 if n_parts < 32767 else np.int64  # <= 16 bits: radix sort
+    gid = seg.astype(small) * 2 + genuine
+    counts = np.bincount(gid, minlength=2 * (n_parts + 1))
+    dd = d[np.argsort(gid, kind="stable")]
+    off = np.concatenate(([0], np.cumsum(counts)))
+    gen, imp = [], []
+    for j in range(1, n_parts + 1):
+        g = dd[off[2 * j + 1] : off[2 * j + 2]]
+        g.sort()
+        gen.append(g)
+        imp.append(dd[off[2 * j] : off[2 * j + 1]])
+    return gen, imp, counts[2::2], counts[3::2]
+
+
+def _tail(x: np.ndarray, k: int, cut: bool = False, sort: bool = True):
+    """The (sorted) values ``<= t`` of ``x``, ``t`` its k-th smallest, and the cap ``t``; all of ``x``
+    and an infinite cap when ``x.size <= k``, unless values beyond ``x`` were ``cut`` already."""
+    if x.size <= k and not cut:
+        return np.sort(x) if sort else x, np.inf
+    t = np.partition(x, k - 1)[k - 1]
+    x = x[x <= t]
+    return np.sort(x) if sort else x, float(t)
+
+
+def _tail_size(fmrs: np.ndarray, n_imp: int) -> int:
+    return int(math.ceil(float(fmrs.max()) * n_imp)) + _TAIL_SLACK
+
+
+# ---- threshold rules, vectorised over (rate, fmr) queries ---------------------------------------
+def _nearest(gen: _Parts, imp: _Parts, i: np.ndarray, op: np.ndarray):
+    """CR-FIQA's nearest-FMR threshold on the kept pairs. Returns (fnmr, thr, exact)."""
+    n_i, n_g = imp.n[i], gen.n[i]
+    fn = n_i.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c0 = np.floor(op * fn).astype(np.int64)  # the largest c with c / n_i <= op, as float
+        c0 = np.where((c0 + 1) / fn <= op, c0 + 1, c0)
+        c0 = np.where((c0 > 0) & (c0 / fn > op), c0 - 1, c0)
+    c0 = np.clip(c0, 0, np.maximum(n_i - 1, 0))
+    has0 = c0 >= 1
+    v0 = imp.kth(np.maximum(c0, 1), i)  # I_(c0)
+    e0, s0 = imp.count(v0, i, "right"), imp.count(v0, i, "left")
+    first = imp.first[i]
+    in_group = has0 & (e0 > c0)  # I_(c0) and I_(c0+1) are tied
+    v1 = np.where(has0, np.where(in_group, v0, imp.min_above(v0, i)), first)  # I_(c0+1)
+    e1 = imp.count(v1, i, "right")  # nearest attainable count above the target
+    low = np.where(has0, np.where(in_group, s0, c0), 0)  # ... and at or below it
+    low_ok = (low > 0) | (gen.count(first, i, "left") > 0)  # FMR 0 needs a genuine below all impostors
+    with np.errstate(divide="ignore", invalid="ignore"):
+        take_high = ~low_ok | (np.abs(e1 / fn - op) <= np.abs(low / fn - op))
+    c = np.where(take_high, e1, low)
+    nxt = np.where(take_high, imp.min_above(v1, i), np.where(in_group, v0, v1))  # I_(c+1)
+    imp_c = np.where(take_high, v1, np.where(in_group, imp.max_below(v0, i), np.where(has0, v0, -np.inf)))
+    every = c == n_i
+    thr = np.where(every, np.maximum(gen.last[i], imp.last[i]), np.maximum(imp_c, gen.max_below(nxt, i)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fnmr = 1 - gen.count(thr, i, "left") / n_g
+    ok = (n_i > 0) & (n_g > 0)
+    cap = imp.cap[i]
+    exact = ~ok | ((~has0 | (v0 <= cap)) & (v1 <= cap) & np.where(every, np.isinf(cap), nxt <= cap))
+    return np.where(ok, fnmr, np.nan), np.where(ok, thr, np.nan), exact
+
+
+def _index(gen: _Parts, imp: _Parts, i: np.ndarray, op: np.ndarray):
+    """MagFace's index threshold on the kept pairs. Returns (fnmr, thr, exact)."""
+    n_i, n_g = imp.n[i], gen.n[i]
+    k = _decimal_exponents(op)
+    reach = (n_i >= 1) & ((k == 0) | (n_i - 1 >= 10 ** np.maximum(k - 1, 0)))
+    thr = imp.kth(np.maximum(n_i - 1, 0) // 10**k + 1, i)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fnmr = (n_g - gen.count(thr, i, "left")) / n_g
+    ok = reach & (n_g > 0)
+    exact = ~ok | (thr <= imp.cap[i])
+    return np.where(ok, fnmr, np.nan), np.where(ok, thr, np.nan), exact
+
+
+def _solve(mode, build, reject, fmrs, k0: int):
+    """Run the threshold rule; rebuild the impostor tails 8x wider until every answer is exact."""
+    rule = _nearest if mode == "recompute_nearest" else _index
+    R, F = reject.size, fmrs.size
+    i, op = np.repeat(np.arange(R), F), np.tile(fmrs, R)
+    k = k0
+    while True:
+        gen, imp = build(k)
+        fnmr, thr, exact = rule(gen, imp, i, op)
+        if exact.all():
+            return fnmr.reshape(R, F), thr.reshape(R, F), gen.n[:R] + imp.n[:R]
+        k *= 8
+
+
+# ---- curves -> numbers ------------------------------------------------------------------------
+def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0)) if x.size > 1 else 0.0
+
+
+def _pauc_trapezoid(y: np.ndarray, x: np.ndarray, limit: float) -> float:
+    """Trapezoid of the grid curve up to ``limit`` (linear interpolation at the limit); NaN off the grid."""
+    if limit > x[-1] + _TOL or limit < x[0] - _TOL:
+        return float("nan")
+    m = int(np.searchsorted(x, limit + _TOL, side="right"))
+    xs, ys = x[:m], y[:m]
+    if xs[-1] < limit - _TOL:
+        xs, ys = np.append(xs, limit), np.append(ys, np.interp(limit, x, y))
+    return _trapezoid(ys, xs)
+
+
+def _result(mode, reject, fmrs, fnmr, thr, n_kept, prefix, edcs=None, limits=PAUC_LIMITS) -> ERCResult:
+    auc = np.array([_trapezoid(fnmr[:, f], reject) for f in range(fmrs.size)])
+    if edcs is None:
+        pauc = {L: np.array([_pauc_trapezoid(fnmr[:, f], reject, L) for f in range(fmrs.size)]) for L in limits}
+    else:
+        pauc = {L: np.array([np.nan if e is None else e.pauc(L) for e in edcs]) for L in limits}
+    return ERCResult(mode, reject, fmrs, fnmr, thr, np.asarray(n_kept), auc, pauc, prefix, edcs)
+
+
+# ---- public -----------------------------------------------------------------------------------
+def erc(
+    scores,
+    issame,
+    pair_q,
+    mode: str = "recompute_nearest",
+    fmrs=DEFAULT_FMRS,
+    reject=None,
+    score_kind: str = "cosine",
+    higher_quality_is_better: bool = True,
+    pauc_limits=PAUC_LIMITS,
+) -> ERCResult:
+    """The pair-level ERC (module docstring). ``scores`` (P,) of kind ``score_kind`` (``cosine``
+    similarities by default, see :func:`to_distance`), ``issame`` (P,), ``pair_q`` (P,) (e.g.
+    :func:`pair_quality`; ``higher_quality_is_better=False`` rejects the highest values first)."""
+    d = to_distance(scores, score_kind)
+    same = np.asarray(issame)
+    q = np.asarray(pair_q, dtype=np.float64)
+    if d.ndim != 1 or same.shape != d.shape or q.shape != d.shape:
+        raise ValueError(f"scores, issame and pair_q must be 1-D of one length, got {d.shape}, {same.shape}, {q.shape}")
+    if d.size == 0:
+        raise ValueError("erc needs at least one pair")
+    if np.isnan(q).any():
+        raise ValueError("pair_q contains NaN")
+    same = same.astype(bool)
+    reject, fmrs = _check_grid(reject, fmrs, mode)
+    key = q if higher_quality_is_better else -q
+    if mode == "fixed":
+        fnmr, thr, n_kept, edcs = fixed_threshold_erc(d, same, key, reject, fmrs)
+        return _result(mode, reject, fmrs, fnmr, thr, n_kept, "edc", edcs, pauc_limits)
+    n_parts = reject.size
+    seg = _segments(key, (reject * d.size).astype(np.int64))
+    gen, imp, n_imp, n_gen = _group(d, same, seg, n_parts)
+
+    def build(k):
+        tails = [_tail(x, k) for x in imp]
+        return _Parts(gen, n_gen, np.full(n_parts, np.inf)), _Parts([t for t, _ in tails], n_imp, [c for _, c in tails])
+
+    fnmr, thr, n_kept = _solve(mode, build, reject, fmrs, _tail_size(fmrs, int(n_imp.sum())))
+    prefix = "erc" if mode == "recompute_nearest" else "erc_index"
+    return _result(mode, reject, fmrs, fnmr, thr, n_kept, prefix, limits=pauc_limits)
+
+
+def image_erc(
+    embeddings,
+    labels,
+    image_q,
+    mode: str = "recompute_nearest",
+    fmrs=DEFAULT_FMRS,
+    reject=None,
+    score_kind: str = "cosine",
+    higher_quality_is_better: bool = True,
+    pauc_limits=PAUC_LIMITS,
+    block_rows: int | None = None,
+) -> ERCResult:
+    """SER-FIQ's image-level ERC: reject the ``int(r * N)`` lowest-quality images (stable order), then
+    all pairs ``i < j`` among the kept images, genuine iff ``labels[i] == labels[j]``; the threshold
+    is re-estimated at every rate (``recompute_nearest`` or ``recompute_index``). Scores are cosines of
+    the L2-normalised ``embeddings`` (``score_kind="similarity"`` skips the arccos). Computed in
+    blocks of ``block_rows`` rows (default: about 4M pairs per block), keeping only the genuine pairs
+    and the low tail of the impostors per segment, so N ~ 10k images fit in a few hundred MB."""
+    e = np.asarray(embeddings, dtype=np.float64)
+    lab = np.asarray(labels)
+    q = np.asarray(image_q, dtype=np.float64)
+    if e.ndim != 2 or lab.shape != (e.shape[0],) or q.shape != lab.shape:
+        raise ValueError(
+            f"embeddings (N, D), labels (N,), image_q (N,) expected, got {e.shape}, {lab.shape}, {q.shape}"
+        )
+    if e.shape[0] < 2:
+        raise ValueError(f"image_erc needs at least 2 images, got {e.shape[0]}")
+    if not np.all(np.isfinite(e)) or np.isnan(q).any():
+        raise ValueError("embeddings or image_q contain NaN or inf")
+    if mode == "fixed":
+        raise ValueError("image_erc re-estimates the threshold per rate: mode 'recompute_nearest' or 'recompute_index'")
+    if score_kind == "distance":
+        raise ValueError("image_erc computes cosines: score_kind 'cosine' or 'similarity'")
+    reject, fmrs = _check_grid(reject, fmrs, mode)
+    n = e.shape[0]
+    e = l2_normalize(e, axis=1)
+    seg = _segments(q if higher_quality_is_better else -q, (reject * n).astype(np.int64))
+    rows = block_rows or max(1, (1 << 22) // n)
+    m = int(np.count_nonzero(seg))
+    build = _ImagePairs(e, lab, seg, reject.size, score_kind, rows)
+    fnmr, thr, n_kept = _solve(mode, build, reject, fmrs, _tail_size(fmrs, m * (m - 1) // 2))
+    prefix = "erc_image" if mode == "recompute_nearest" else "erc_image_index"
+    return _result(mode, reject, fmrs, fnmr, thr, n_kept, prefix, limits=pauc_limits)
+
+
+class _ImagePairs:
+    """All image pairs as (genuine parts, impostor tails) for a tail size ``k``. Images are ordered by
+    segment, so the pairs of a row block ``i < j`` all belong to the row's segment: one scalar cap
+    per block prefilters the impostor cosines. Genuine pairs come per identity, once."""
+
+    def __init__(self, e, labels, seg, n_parts, score_kind, rows):
+        order = np.argsort(seg, kind="stable")
+        self.e, self.seg, self.kind, self.rows, self.P = e[order], seg[order], score_kind, rows, n_parts + 1
+        self.lab = np.unique(np.asarray(labels)[order], return_inverse=True)[1].ravel()
+        n = self.seg.size
+        by_label = np.argsort(self.lab, kind="stable")  # ascending positions inside each identity
+        cuts = np.flatnonzero(np.diff(self.lab[by_label])) + 1
+        gd, gs = [], []
+        for ix in np.split(by_label, cuts):
+            if ix.size > 1:
+                iu = np.triu_indices(ix.size, 1)
+                gd.append(to_distance((self.e[ix] @ self.e[ix].T)[iu], score_kind))
+                gs.append(self.seg[ix[iu[0]]])  # the lower position has the lower segment
+        gd = np.concatenate(gd) if gd else np.empty(0)
+        gs = np.concatenate(gs) if gs else np.empty(0, np.int64)
+        bounds = np.concatenate(([0], np.cumsum(np.bincount(gs, minlength=self.P))))
+        gd = gd[np.argsort(gs, kind="stable")]
+        self.gen = [np.sort(gd[bounds[j] : bounds[j + 1]]) for j in range(1, self.P)]
+        self.n_gen = np.diff(bounds)
+        pairs = np.bincount(self.seg, weights=n - 1 - np.arange(n), minlength=self.P).astype(np.int64)
+        self.n_imp = pairs - self.n_gen
+        self.starts = np.searchsorted(self.seg, np.arange(self.P + 1))
+
+    def __call__(self, k: int):
+        n = self.seg.size
+        tails, caps = [], []
+        for j in range(1, self.P):
+            buf, size, cap = [], 0, np.inf
+            for a in range(self.starts[j], self.starts[j + 1], self.rows):
+                b = min(a + self.rows, self.starts[j + 1], n - 1)
+                if b <= a:
+                    continue
+                s = self.e[a:b] @ self.e[a:].T
+                imp = self.lab[a:b, None] != self.lab[None, a:]
+                imp[:, : b - a] &= np.arange(b - a)[None, :] > np.arange(b - a)[:, None]  # j > i
+                s = s[imp]
+                # Work on the cosine, with a margin where arccos could tie: values below the cap
+                # (or below the k-th largest of the block) are beyond every distance kept.
+                margin = 1e-12 if self.kind == "cosine" else 0.0
+                if cap < np.inf:
+                    s = s[s >= (-cap if margin == 0 else math.cos(min(cap, 1.0) * math.pi) - margin)]
+                cut = s.size > k
+                if cut:
+                    s = s[s >= np.partition(s, s.size - k)[s.size - k] - margin]
+                d = to_distance(s, self.kind)
+                buf.append(d[d <= cap])
+                size += buf[-1].size
+                if cut or size > 2 * k:  # compact: keep every value <= the k-th smallest
+                    x, cap = _tail(np.concatenate(buf), k, cut, sort=False)
+                    buf, size = [x], x.size
+            t, c = _tail(np.concatenate(buf) if buf else np.empty(0), k)
+            tails.append(t)
+            caps.append(min(c, cap))
+        return _Parts(self.gen, self.n_gen[1:], np.full(self.P - 1, np.inf)), _Parts(tails, self.n_imp[1:], caps)
+
+
+# ---- protocols (fiqa.eval.protocols calling convention) ------------------------------------------
+def erc_pairs(
+    embeddings,
+    qualities,
+    issame,
+    pair_similarity=None,
+    mode: str = "recompute_nearest",
+    fmrs=DEFAULT_FMRS,
+    reject=None,
+    reduce: str = "min",
+    higher_quality_is_better: bool = True,
+    prefix: str | None = None,
+    **_,
+) -> dict:
+    """Val protocol: the pair ERC of the model's own quality on a pair set (pairs = rows 2p, 2p+1).
+    Cosine of the embeddings (as angular distance), or ``pair_similarity`` (e.g. QMagFace) when given."""
+    if pair_similarity is not None:
+        scores, kind = np.asarray(pair_similarity, np.float64), "similarity"
+    else:
+        scores, kind = qm.pair_scores(np.asarray(embeddings, np.float64)), "cosine"
+    pq = pair_quality(qualities, reduce=reduce)
+    res = erc(scores, issame, pq, mode, fmrs, reject, kind, higher_quality_is_better)
+    return res.metrics(prefix)
+
+
+def erc_images(
+    embeddings,
+    qualities,
+    labels,
+    mode: str = "recompute_nearest",
+    fmrs=DEFAULT_FMRS,
+    reject=None,
+    higher_quality_is_better: bool = True,
+    prefix: str | None = None,
+    **_,
+) -> dict:
+    """Val protocol: SER-FIQ's image-level ERC on a set with per-image identity ``labels``."""
+    res = image_erc(embeddings, labels, qualities, mode, fmrs, reject, "cosine", higher_quality_is_better)
+    return res.metrics(prefix)
