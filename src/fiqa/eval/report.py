@@ -36,23 +36,23 @@ def write_metrics(metrics: Mapping[str, float], out_dir: Path, stem: str = "metr
 
 
 def metrics_table(metrics: Mapping[str, float], title: str = "metrics"):
-    """A rich Table: one row per val set, one column per metric."""
+    """A rich Table: one row per metric, one column per val set (sets are few, metrics many);
+    run-level metrics (``val/acc_mean``) go in the column ``all``."""
     from rich.table import Table
 
-    rows: dict = {}
+    sets: dict = {}
     for key, v in metrics.items():
         parts = key.split("/")
-        if len(parts) == 3:
-            rows.setdefault(parts[1], {})[parts[2]] = v
-        else:
-            rows.setdefault("", {})[key] = v
-    cols = sorted({c for r in rows.values() for c in r})
+        name, metric = (parts[1], "/".join(parts[2:])) if len(parts) >= 3 else ("all", "/".join(parts[1:]) or key)
+        sets.setdefault(name, {})[metric] = v
+    names = [n for n in sets if n != "all"] + (["all"] if "all" in sets else [])
+    rows = sorted({m for r in sets.values() for m in r})
     table = Table(title=title)
-    table.add_column("set")
-    for c in cols:
-        table.add_column(c, justify="right")
-    for name, r in rows.items():
-        table.add_row(name or "-", *[_fmt(r.get(c)) for c in cols])
+    table.add_column("metric")
+    for n in names:
+        table.add_column(n, justify="right")
+    for m in rows:
+        table.add_row(m, *[_fmt(sets[n].get(m)) for n in names])
     return table
 
 
