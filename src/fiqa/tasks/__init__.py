@@ -8,13 +8,14 @@ from omegaconf import DictConfig
 
 
 def _tasks() -> dict[str, Callable]:
+    from fiqa.tasks.compare import compare
     from fiqa.tasks.eval import evaluate
     from fiqa.tasks.export import run as export
     from fiqa.tasks.pack import run as pack
     from fiqa.tasks.quality import quality
     from fiqa.tasks.train import train
 
-    return {"train": train, "eval": evaluate, "pack": pack, "quality": quality, "export": export}
+    return {"train": train, "eval": evaluate, "pack": pack, "quality": quality, "compare": compare, "export": export}
 
 
 def run(cfg: DictConfig):

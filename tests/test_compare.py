@@ -1,0 +1,49 @@
+"""task=compare: ERC of several quality sources on one FR model, through the real main.py."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from fiqa.eval.compare import compare_sources, rows_of, write_tables
+from fiqa.eval.erc import erc, pair_quality
+from tests.helpers.run_main import run_main
+
+
+def test_compare_sources_is_one_erc_per_source_and_tables(tmp_path):
+    rng = np.random.default_rng(0)
+    issame = np.arange(400) % 2 == 0
+    scores = np.where(issame, 0.6, 0.1) + 0.2 * rng.standard_normal(400)
+    good = np.repeat(np.where(issame, scores, -scores), 2)  # a quality that knows which pairs err
+    res = compare_sources(scores, issame, {"good": good, "rand": rng.random(800)}, fmrs=[1e-2])
+    ref = erc(scores, issame, pair_quality(good, reduce="min"), "recompute_nearest", [1e-2])
+    np.testing.assert_array_equal(res["good"].fnmr, ref.fnmr)
+    assert res["good"].pauc[0.2][0] < res["rand"].pauc[0.2][0]
+    csv_path, md_path = write_tables(rows_of("toy", res), tmp_path)
+    rows = list(csv.DictReader(open(csv_path)))
+    assert {r["source"] for r in rows} == {"good", "rand"}
+    assert "| toy | good | fmr1e-2 |" in md_path.read_text()
+    with pytest.raises(ValueError, match="quality source 'bad'"):
+        compare_sources(scores, issame, {"bad": np.ones(3)})
+
+
+def test_task_compare_on_synthface(trained_run, tmp_path):
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    run = tmp_path / "c"
+    run_main("task=compare", f"ckpt_path={ckpt}", "val.synth.dataset.num_pairs=200",
+             "val.synth.dataset.num_identities=50", "compare.num_workers=0", "compare.serfiq.T=5",
+             f"compare.sources=[own,norm,serfiq,random,oracle,{{name:again,ckpt_path:{ckpt}}}]",
+             f"hydra.run.dir={run}")  # fmt: skip
+    assert (run / "erc_synth_fmr1e-2.png").stat().st_size > 10_000
+    rows = list(csv.DictReader(open(run / "compare.csv")))
+    assert {r["source"] for r in rows} == {"own", "norm", "serfiq", "random", "oracle", "again"}
+    by = {r["source"]: float(r["auc"]) for r in rows}
+    assert by["again"] == pytest.approx(by["own"])  # the same model's quality through another path
+    m = json.loads((run / "metrics.json").read_text())
+    assert "compare/synth/oracle/erc_auc_fmr1e-2" in m and "compare/synth/random/erc_pauc0.2_fmr1e-2" in m
+    bad = run_main("task=compare", f"ckpt_path={ckpt}", "compare.sources=[magic]", f"hydra.run.dir={tmp_path / 'b'}",
+                   check=False)  # fmt: skip
+    assert bad.returncode != 0 and "compare.sources: unknown 'magic'" in bad.stderr
