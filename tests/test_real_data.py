@@ -70,7 +70,7 @@ def test_missing_data_root_is_a_clear_error(tmp_path):
         B.build(cfg)
 
 
-@pytest.mark.parametrize("option", sorted(FILE_OPTIONS["val"]))
+@pytest.mark.parametrize("option", sorted(set(BIN_SETS) | {"xqlfw"}))  # pair sets; tinyface/scface: test_lq_readers
 def test_val_options_build_from_the_data_dir(option, files, tmp_path):
     cfg = compose_cfg([f"val=[{option}]", f"paths.data_dir={files['data']}", "data.train.num_identities=4",
                        "data.train.images_per_identity=2"], tmp_path)  # fmt: skip

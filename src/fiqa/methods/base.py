@@ -213,8 +213,9 @@ class FaceModule(L.LightningModule):
             )
             for k, v in metrics.items():
                 self.log(f"val/{name}/{k}", v, add_dataloader_idx=False, rank_zero_only=False, sync_dist=False)
-            if "acc" in metrics and math.isfinite(metrics["acc"]):
-                accs.append(metrics["acc"])
+            headline = metrics.get("acc", metrics.get("rank1"))  # pair sets: acc; identification sets: rank1
+            if headline is not None and math.isfinite(headline):
+                accs.append(headline)
         if accs:
             self.log("val/acc_mean", float(np.mean(accs)), add_dataloader_idx=False, prog_bar=True)
         self._val_buffers = {}
