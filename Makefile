@@ -27,6 +27,7 @@ bench:              ## speed figures (never part of the tests)
 	$(PY) benchmarks/recordio_throughput.py
 	$(PY) benchmarks/serfiq_cost.py
 	$(PY) benchmarks/erc_speed.py
+	$(PY) benchmarks/ijb_speed.py
 
 lint:
 	$(PY) -m ruff check src tests benchmarks main.py

@@ -67,7 +67,7 @@ def test_every_backbone_composes_and_instantiates(backbone, tmp_path):
 # Options that read files; tests/test_real_data.py builds each of them on files it writes.
 FILE_OPTIONS = {
     "data": {"mxrec", "ms1mv2", "ms1mv3", "casia_webface", "webface4m", "glint360k", "imagefolder", "filelist"},
-    "val": {"lfw", "agedb_30", "cfp_fp", "cfp_ff", "calfw", "cplfw", "xqlfw", "tinyface", "scface"},
+    "val": {"lfw", "agedb_30", "cfp_fp", "cfp_ff", "calfw", "cplfw", "xqlfw", "tinyface", "scface", "ijbb", "ijbc"},
 }
 
 

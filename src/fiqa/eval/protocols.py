@@ -66,3 +66,65 @@ def reject_fnmr(
     before = qm.fnmr_at_fmr(scores, issame, fmr)
     after = qm.fnmr_at_fmr(scores, issame, fmr, reject=reject, pair_quality=pq)
     return {f"fnmr@{key}": before["fnmr"], f"fnmr@{key}_reject{reject:g}": after["fnmr"]}
+
+
+def ijb(
+    embeddings: np.ndarray,
+    qualities: np.ndarray,
+    template_ids: np.ndarray,
+    media_ids: np.ndarray,
+    pairs: np.ndarray | None = None,
+    pair_labels: np.ndarray | None = None,
+    faceness: np.ndarray | None = None,
+    gallery_templates: np.ndarray | None = None,
+    gallery_subjects: np.ndarray | None = None,
+    gallery_split: np.ndarray | None = None,
+    probe_templates: np.ndarray | None = None,
+    probe_subjects: np.ndarray | None = None,
+    norm_score: bool = True,
+    detector_score: bool = True,
+    weighting: str = "none",
+    quality_threshold: float | None = None,
+    score: str = "cosine",
+    qmagface: dict | None = None,
+    fars=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
+    erc_fmrs=(1e-2, 1e-3, 1e-4),
+    erc_mode: str = "recompute_nearest",
+    ranks=(1, 5, 10),
+    fpirs=(1e-2, 1e-1),
+    nist_rank: int = 1,
+    **_,
+) -> dict:
+    """IJB-B/C (``fiqa.eval.ijb``): templates from the per-image embeddings (media mean, sum over media,
+    L2; ``norm_score``, ``detector_score``, quality ``weighting`` none|crfiqa|eqface|qmagface), then the
+    1:1 TAR@FAR (insightface's nearest-FPR ``tar@far*`` and ``tar_strict@far*``), ``roc_auc`` and the
+    pair ERC of the template quality (``erc_*``), and, when the set has the 1:N files, ``rank1/5/10``,
+    ``tpir@fpir*`` (insightface) and ``tpir_nist@fpir*``. Every image of the set must be embedded."""
+    from fiqa.eval import ijb as ijb_eval
+
+    return ijb_eval.evaluate(
+        embeddings,
+        qualities,
+        template_ids,
+        media_ids,
+        pairs,
+        pair_labels,
+        faceness,
+        gallery_templates,
+        gallery_subjects,
+        gallery_split,
+        probe_templates,
+        probe_subjects,
+        norm_score=norm_score,
+        detector_score=detector_score,
+        weighting=weighting,
+        quality_threshold=quality_threshold,
+        score=score,
+        qmagface=qmagface,
+        fars=tuple(fars),
+        erc_fmrs=tuple(erc_fmrs or ()),
+        erc_mode=erc_mode,
+        ranks=tuple(ranks),
+        fpirs=tuple(fpirs),
+        nist_rank=nist_rank,
+    )

@@ -246,7 +246,9 @@ def evaluate_set(
     set (``limit_val_batches``, ``fast_dev_run``), only complete pairs are evaluated, with a warning."""
     indices, emb, q = res["indices"], res["embeddings"], res["qualities"]
     n_total = (
-        len(targets["degradation"])
+        int(targets["n_images"])
+        if "n_images" in targets
+        else len(targets["degradation"])
         if "degradation" in targets
         else (2 * len(targets["issame"]) if "issame" in targets else len(indices))
     )
