@@ -7,11 +7,19 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fiqa.backbones import IR, IResNet, MobileFaceNet, TimmBackbone
+from fiqa.backbones import IR, EQFaceResNet, IResNet, MobileFaceNet, TimmBackbone
 from fiqa.types import BackboneOutput
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "backbone"
-BIG = {"iresnet50", "iresnet100", "iresnet200", "ir50", "ir101"}  # structure on the meta device only
+BIG = {
+    "iresnet50",
+    "iresnet100",
+    "iresnet200",
+    "ir50",
+    "ir101",
+    "eqface_resnet50",
+    "eqface_resnet100",
+}  # structure on the meta device only
 
 
 def _images(n=2, size=112):
@@ -150,7 +158,7 @@ def test_instantiate_config(path):
     if path.stem in BIG:
         with torch.device("meta"):
             model = instantiate(cfg)
-        assert isinstance(model, (IResNet, IR)) and model.feature_dim == 25088
+        assert isinstance(model, (IResNet, IR, EQFaceResNet)) and model.feature_dim == 25088
         return
     torch.manual_seed(0)
     model = instantiate(cfg)
