@@ -65,14 +65,54 @@ class FaceDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         (img, label, meta), skipped = self._read(i)
+        x = self.transform(img, self.rng())
         return {
-            "image": self.transform(img, self.rng()),
+            **(x if isinstance(x, dict) else {"image": x}),  # a MultiView transform gives {name: view}
             # plain scalars: default_collate makes one int64 / float32 tensor per batch (cheaper than one per sample)
             "label": int(label),
             "index": int(meta.get("index", i)),
             "degradation": np.float32(meta.get("degradation", np.nan)),
             "skipped": int(skipped),
         }
+
+
+class MultiView:
+    """A training augment that returns several views of one image, ``augment(img, rng) -> (v_0, v_1, ...)``
+    (uint8 HxWx3 each, e.g. :class:`fiqa.data.augment.QGFaceViews`), and the sample key of each view
+    (``names``; one of them must be ``image``). With it, :class:`FaceDataModule` passes each view through
+    the flip and ToModelInput on its own (independent flips), and a training sample holds one tensor per
+    name, e.g. ``image`` (high-quality view) and ``image_lq`` (low-quality view) for QGFace."""
+
+    def __init__(self, augment, names=("image_lq", "image")):
+        names = tuple(str(n) for n in names)
+        if "image" not in names or len(set(names)) != len(names) or len(names) < 2:
+            raise ValueError(f"augment.names must be >= 2 distinct sample keys, one of them 'image'; got {list(names)}")
+        self.augment, self.names = augment, names
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> tuple:
+        views = self.augment(img, rng)
+        if not isinstance(views, (tuple, list)) or len(views) != len(self.names):
+            got = f"{len(views)} views" if isinstance(views, (tuple, list)) else type(views).__name__
+            raise ValueError(
+                f"augment.names={list(self.names)}: {self.augment!r} must return {len(self.names)} views, got {got}"
+            )
+        return tuple(views)
+
+    def __repr__(self) -> str:
+        return f"MultiView({self.augment!r}, names={list(self.names)})"
+
+
+class _ViewsToInput:
+    """MultiView -> ``{name: per_view(view)}`` (each view flipped and converted on its own)."""
+
+    def __init__(self, views: MultiView, per_view):
+        self.views, self.per_view = views, per_view
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> dict:
+        return {n: self.per_view(v, rng) for n, v in zip(self.views.names, self.views(img, rng))}
+
+    def __repr__(self) -> str:
+        return f"{self.views!r} -> each: {self.per_view!r}"
 
 
 def _worker_init(_: int) -> None:
@@ -87,7 +127,8 @@ class FaceDataModule(L.LightningDataModule):
     Input convention (one place, :class:`~fiqa.data.transforms.ToModelInput`): readers yield RGB;
     ``color`` is the channel order the network is fed and ``(x - normalize_mean) / normalize_std`` its
     scaling, both set per method (AdaFace/QGFace/MagFace: bgr; MagFace: mean 0, std 255). Training
-    transform: ``augment`` (uint8 -> uint8, the ``augment`` config group) -> flip -> ToModelInput."""
+    transform: ``augment`` (uint8 -> uint8, the ``augment`` config group) -> flip -> ToModelInput; a
+    :class:`MultiView` augment (``augment=qgface``) gives several views, each flipped and converted on its own."""
 
     def __init__(
         self,
@@ -116,7 +157,11 @@ class FaceDataModule(L.LightningDataModule):
         steps = (
             [augment] if augment is not None and not (isinstance(augment, Compose) and not augment.transforms) else []
         )
-        self.train_transform = Compose([*steps, RandomHorizontalFlip(flip), self.to_input])
+        self.train_transform = (
+            _ViewsToInput(augment, Compose([RandomHorizontalFlip(flip), self.to_input]))
+            if isinstance(augment, MultiView)
+            else Compose([*steps, RandomHorizontalFlip(flip), self.to_input])
+        )
         self.num_classes = num_classes
         if (
             train is not None
