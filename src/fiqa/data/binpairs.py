@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fiqa.data.images import decode_rgb
+from fiqa.data.images import decode_rgb, to_square
 
 __all__ = ["BinPairs", "load_bin", "read_bin", "save_bin"]
 
@@ -126,10 +126,7 @@ def read_bin(path) -> tuple[list[bytes], np.ndarray]:
 
 def decode_bin_image(buf: bytes, image_size: int, source: str) -> np.ndarray:
     """One image of a ``.bin``: RGB uint8, resized to ``image_size`` squared if it is not."""
-    img = decode_rgb(buf, source)
-    if img.shape[:2] != (image_size, image_size):
-        img = cv2.resize(img, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
-    return img
+    return to_square(decode_rgb(buf, source), image_size)
 
 
 def load_bin(path, image_size: int = 112) -> tuple[np.ndarray, np.ndarray]:

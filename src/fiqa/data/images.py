@@ -12,7 +12,7 @@ import os
 import cv2
 import numpy as np
 
-__all__ = ["ImageDecodeError", "decode_rgb", "read_rgb", "IMAGE_EXTENSIONS"]
+__all__ = ["ImageDecodeError", "decode_rgb", "read_rgb", "to_square", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -41,3 +41,11 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {path!r}") from None
     return decode_rgb(buf, f"image file {path!r}")
+
+
+def to_square(img: np.ndarray, size: int) -> np.ndarray:
+    """``img`` resized (bilinear) to ``size x size`` unless it already is: the rule every aligned-face
+    reader applies (insightface's ``resize_short`` for square inputs)."""
+    if img.shape[:2] != (size, size):
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
+    return img

@@ -27,10 +27,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from fiqa.data.images import read_rgb
+from fiqa.data.images import read_rgb, to_square
 
 __all__ = ["IR_CAMERAS", "SCface", "parse_scface_list"]
 
@@ -122,9 +121,7 @@ class SCface:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        img = read_rgb(self.paths[i])
-        if img.shape[:2] != (self.image_size, self.image_size):
-            img = cv2.resize(img, (self.image_size, self.image_size), interpolation=cv2.INTER_LINEAR)
+        img = to_square(read_rgb(self.paths[i]), self.image_size)
         return img, int(self.labels[i]), {"index": i}
 
     def targets(self) -> dict:
