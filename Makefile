@@ -2,6 +2,8 @@
 PY ?= python
 VENV ?= .venv
 TORCH = torch==2.14.1 torchvision==0.29.1
+# GPU by default; on a CPU-only machine a small configuration (the GPU grid would take hours)
+THROUGHPUT_ARGS ?= $(shell $(PY) -c "import torch; print('' if torch.cuda.is_available() else '--backbones iresnet18 --batches 32 --steps 5 --warmup 2 --num-classes 10000')" 2>/dev/null)
 
 .PHONY: install train test test-full test-gpu bench lint format sheet
 
@@ -28,6 +30,8 @@ bench:              ## speed figures (never part of the tests)
 	$(PY) benchmarks/serfiq_cost.py
 	$(PY) benchmarks/erc_speed.py
 	$(PY) benchmarks/ijb_speed.py
+	$(PY) benchmarks/partial_fc_memory.py
+	$(PY) benchmarks/throughput.py $(THROUGHPUT_ARGS)
 
 lint:
 	$(PY) -m ruff check src tests benchmarks main.py

@@ -13,6 +13,8 @@ system temp dir). Then, in this process with one OpenCV / torch thread, it times
   ``FaceDataset(MXRecDataset(root), transform)`` in this process (the sample dict, label checks);
 * a DataLoader over that FaceDataset with 1, 2 ... workers (steady state, start-up excluded), once with
   float32 output (``ToModelInput`` in the workers) and once with uint8 output (normalised on the device);
+* on a CUDA device (when there is one): batched ``torchvision.io.decode_jpeg(..., device="cuda")`` of
+  256 payloads at a time (nvJPEG), against one CPU core decoding with cv2: does the GPU need to decode?
 * opening a synthetic ``.idx`` of MS1MV2's 5,822,653 lines (sparse ``.rec``) with ``MXIndexedRecordIO``
   and with ``fiqa.data.mxrec.read_index``.
 
@@ -197,6 +199,24 @@ def idx_open(workdir: Path) -> list[tuple[str, str]]:
     return rows
 
 
+def gpu_decode_row(payloads: list[bytes], seconds: float, batch: int = 256) -> tuple[str, float | None, int, str]:
+    """nvJPEG through torchvision, batches of ``batch`` payloads already in host memory, synchronised."""
+    name = f"decode on the GPU: torchvision decode_jpeg(device='cuda'), batch {batch}"
+    if not torch.cuda.is_available():
+        return name, None, 1, "skipped: no CUDA device on this machine"
+    from torchvision.io import decode_jpeg
+
+    data = [torch.frombuffer(bytearray(payloads[i % len(payloads)]), dtype=torch.uint8) for i in range(batch)]
+    decode_jpeg(data, device="cuda")  # warm-up (nvJPEG handles)
+    torch.cuda.synchronize()
+    t0, done = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        decode_jpeg(data, device="cuda")
+        done += batch
+    torch.cuda.synchronize()
+    return name, done / (time.perf_counter() - t0), 1, f"{torch.cuda.get_device_name()}, decoded images stay on the GPU"
+
+
 # ------------------------------------------------------------------------------------------------- main
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -243,6 +263,7 @@ def main() -> None:
     for w in a.workers:
         r_ = loader_rate(u8, w, a.seconds)
         rows.append((f"DataLoader, {w} worker(s), batch 128, uint8 out", r_, w, "normalise on the device"))
+    rows.append(gpu_decode_row(list(payloads.values()), a.seconds))
     extra = [] if a.no_idx else idx_open(a.workdir)
 
     cpu = platform.processor() or platform.machine()

@@ -107,7 +107,9 @@ def test_every_trainer_composes_and_instantiates(trainer, tmp_path):
             else [*overrides, "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.devices=1"],
             tmp_path,
         )
-    t = instantiate(cfg.trainer)
+    tcfg, compile_option = B.split_trainer_config(cfg.trainer)
+    assert compile_option is False  # torch.compile is opt-in
+    t = instantiate(tcfg)
     assert t is not None
 
 

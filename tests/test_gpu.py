@@ -19,3 +19,18 @@ def test_bf16_fast_dev_run_on_gpu(tmp_path):
 def test_single_gpu_ddp_trains(tmp_path):
     run_main(*TINY, *TINY_VAL, "trainer=ddp", "trainer.devices=1", f"hydra.run.dir={tmp_path}")
     assert "val/synth/acc" in read_metrics(tmp_path)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_fp16_mixed_with_grad_scaler_trains(tmp_path):
+    """trainer.precision=16-mixed: Lightning's GradScaler with our fp32 heads; the loss stays finite."""
+    run_main(*TINY, *TINY_VAL, "trainer=gpu", "trainer.precision=16-mixed", f"hydra.run.dir={tmp_path}")
+    assert "val/synth/acc" in read_metrics(tmp_path)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_bf16_compiled_backbone_trains(tmp_path):
+    run_main(*TINY, *TINY_VAL, "trainer=gpu", "trainer.compile=true", f"hydra.run.dir={tmp_path}")
+    assert "val/synth/acc" in read_metrics(tmp_path)

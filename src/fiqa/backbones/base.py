@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fiqa.types import BackboneOutput
+from fiqa.utils.precision import full_precision
 
 
 class TrunkTailBackbone(nn.Module):
@@ -20,10 +21,17 @@ class TrunkTailBackbone(nn.Module):
         raise NotImplementedError
 
     def tail(self, feature_map: Tensor, stochastic: bool) -> Tensor:
-        """dropout (only if ``stochastic``, whatever ``self.training``) -> fc -> features."""
+        """dropout (only if ``stochastic``, whatever ``self.training``) -> fc -> features, always in
+        float32 (autocast off), as the originals run ``fc`` on ``x.float()``."""
         p = self.dropout.p
-        x = F.dropout(feature_map, p, training=True) if stochastic and p > 0 else feature_map
-        return self.features(self.fc(x))
+        with full_precision(feature_map):
+            x = feature_map.float()
+            x = self.drop(x, p) if stochastic and p > 0 else x
+            return self.features(self.fc(x))
+
+    def drop(self, feature_map: Tensor, p: float) -> Tensor:
+        """Dropout on the flat map (always active); backbones with other dropout kinds override it."""
+        return F.dropout(feature_map, p, training=True)
 
     def forward(self, images: Tensor, return_feature_map: bool = False) -> BackboneOutput:
         feature_map = self.trunk(images)

@@ -143,16 +143,11 @@ class IResNet(TrunkTailBackbone):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.bn2(x), 1)
 
-    def tail(self, feature_map: Tensor, stochastic: bool) -> Tensor:
-        """dropout (only if ``stochastic``, whatever ``self.training`` is) -> fc -> features."""
-        p = self.dropout.p
-        x = feature_map
-        if stochastic and p > 0:
-            if self.dropout_kind == "dropout2d":
-                x = F.dropout2d(x.view(x.shape[0], *self.map_shape), p, training=True).flatten(1)
-            else:
-                x = F.dropout(x, p, training=True)
-        return self.features(self.fc(x))
+    def drop(self, feature_map: Tensor, p: float) -> Tensor:
+        """``dropout`` (flat) or ``dropout2d`` (whole channels of the (C, H, W) map, MagFace)."""
+        if self.dropout_kind == "dropout2d":
+            return F.dropout2d(feature_map.view(feature_map.shape[0], *self.map_shape), p, training=True).flatten(1)
+        return F.dropout(feature_map, p, training=True)
 
 
 def iresnet18(**kwargs) -> IResNet:

@@ -1,5 +1,16 @@
-"""Rank-0 plots at the end of each validation: quality against ground-truth degradation (sets that
-have it, e.g. SynthFace) and quality histograms, as PNGs in the run dir, logged as images."""
+"""Rank-0 plots at the end of each validation (``trainer.validate`` of ``task=eval`` included), as PNGs
+in the run dir, logged as images to every logger that has ``log_image`` (W&B):
+
+- ``quality_vs_degradation_<set>.png`` (sets with a ground-truth degradation, e.g. SynthFace) and
+  ``quality_hist_<set>.png``;
+- the curves the set's protocols returned (``FaceModule.val_results[<set>]["curves"]``,
+  ``fiqa.eval.report.plot_curves``): ``roc_<set>.png`` (IJB 1:1), ``cmc_<set>.png`` (TinyFace, SCface
+  per distance, IJB 1:N), ``erc_<set>.png`` (pair sets with an ``erc`` protocol, IJB).
+
+Image keys: ``val/<set>/<name>`` with ``<name>`` the file name without ``_<set>.png`` (``val/lfw/erc``,
+``val/ijbc/roc``, ``val/synth/quality_hist`` ...), at the trainer's global step.
+
+Skipped in the sanity check and under ``fast_dev_run`` (partial sets)."""
 
 from __future__ import annotations
 
@@ -23,19 +34,19 @@ class QualityPlots(L.Callback):
             if res is None:
                 continue
             targets = dm.val_targets(i) if dm is not None else {}
-            paths = []
+            images = {}
             if "degradation" in targets and len(targets["degradation"]) == len(res["qualities"]):
-                paths.append(
-                    report.plot_quality_vs_degradation(
-                        res["qualities"],
-                        targets["degradation"][res["indices"]],
-                        self.out_dir / f"quality_vs_degradation_{name}.png",
-                        title=f"{name}: {pl_module.__class__.__name__}",
-                    )
+                images["quality_vs_degradation"] = report.plot_quality_vs_degradation(
+                    res["qualities"],
+                    targets["degradation"][res["indices"]],
+                    self.out_dir / f"quality_vs_degradation_{name}.png",
+                    title=f"{name}: {pl_module.__class__.__name__}",
                 )
-            paths.append(
-                report.plot_quality_histogram(res["qualities"], self.out_dir / f"quality_hist_{name}.png", title=name)
+            images["quality_hist"] = report.plot_quality_histogram(
+                res["qualities"], self.out_dir / f"quality_hist_{name}.png", title=name
             )
+            images.update(report.plot_curves(res.get("curves") or {}, self.out_dir, name))
             for logger in trainer.loggers:
                 if hasattr(logger, "log_image"):
-                    logger.log_image(key=f"val/{name}/plots", images=[str(p) for p in paths])
+                    for key, path in images.items():
+                        logger.log_image(key=f"val/{name}/{key}", images=[str(path)], step=trainer.global_step)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fiqa.eval.quality_metrics import fmr_threshold
+from fiqa.eval.quality_metrics import _EPS
 
 __all__ = ["EDC", "ERRORS", "edc", "edc_curve", "fixed_threshold_erc", "quality_changes"]
 
@@ -163,21 +163,47 @@ def fixed_threshold_erc(d, same, key, reject, fmrs):
     ``int(r * n_genuine)`` discarded, rounded down to a quality change. An FMR the impostors cannot
     resolve gives NaN. Returns (fnmr (R, F), distance threshold ``-t`` (R, F), genuine pairs kept (R,),
     [EDC or None per FMR])."""
-    sim_imp, sim_gen, q_gen = -d[~same], -d[same], key[same]
-    if sim_gen.size == 0:
+    gen_at = np.flatnonzero(same)
+    if gen_at.size == 0:
         raise ValueError("mode='fixed' needs at least one genuine pair")
+    d_imp = d.take(np.flatnonzero(~same))
+    sim_gen, q_gen = -d.take(gen_at), key.take(gen_at)
     order = np.argsort(q_gen)  # ties in any order: only the counts at quality changes matter
     q_sorted, sim_gen = q_gen[order], sim_gen[order]
-    discard, sim_imp = quality_changes(q_sorted), np.sort(sim_imp)  # sorted: fmr_threshold re-sorts faster
+    discard = quality_changes(q_sorted)
+    thresholds = _top_fmr_thresholds(d_imp, fmrs)
     fnmr, thr = np.full((reject.size, fmrs.size), np.nan), np.full((reject.size, fmrs.size), np.nan)
     n_kept, edcs = np.full(reject.size, sim_gen.size), []
-    for f, fmr in enumerate(fmrs):
-        try:
-            t = fmr_threshold(sim_imp, float(fmr))
-        except ValueError:  # too few impostors for this FMR
+    for f, t in enumerate(thresholds):
+        if t is None:  # too few impostors for this FMR
             edcs.append(None)
             continue
         e = edc_curve(q_sorted, sim_gen < t, "fnmr", t, discard)
         edcs.append(e)
         fnmr[:, f], thr[:, f], n_kept = e.at(reject), -t, e.remaining(reject)
     return fnmr, thr, n_kept, edcs
+
+
+def _top_fmr_thresholds(d_imp: np.ndarray, fmrs) -> list:
+    """``fmr_threshold(-d_imp, fmr)`` for every FMR (None where it raises: not resolvable), from the
+    impostors' highest similarities only: all values down to the (k+1)-th highest, ``k`` the largest count
+    an FMR allows, so every value and tie ``fmr_threshold`` reads is there (no sort of all impostors)."""
+    n = d_imp.size
+    counts = [math.floor(float(fmr) * n + _EPS) for fmr in fmrs]
+    if n == 0 or max(counts) < 1:
+        return [None] * len(counts)
+    k = min(max(counts) + 1, n)
+    low = np.partition(d_imp, k - 1)[k - 1] if k < n else np.inf
+    top = np.sort(-d_imp[d_imp <= low])  # ascending similarities: every one >= the (k+1)-th highest
+    m = top.size
+    out = []
+    for c in counts:
+        if c < 1:
+            out.append(None)
+            continue
+        t = top[m - c]  # the c-th highest
+        if m - np.searchsorted(top, t, side="left") > c:  # ties at the c-th highest score
+            j = np.searchsorted(top, t, side="right")
+            t = top[j] if j < m else np.nextafter(t, np.inf)
+        out.append(float(t))
+    return out

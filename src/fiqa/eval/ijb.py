@@ -372,9 +372,11 @@ def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
     return float((d * (y[1:] + y[:-1]) / 2.0).sum())
 
 
-def tar_at_far(scores, labels, fars=FARS) -> dict[str, float]:
+def tar_at_far(scores, labels, fars=FARS, return_curves: bool = False) -> dict:
     """``tar@far<x>`` (insightface's nearest-FPR rule), ``tar_strict@far<x>`` (FPR <= x) and ``roc_auc``
-    of the scores (module docstring)."""
+    of the scores (module docstring). ``return_curves``: also ``"curves": {"roc": {"": (fpr, tpr)}}``, the
+    ROC at every distinct score thinned for plotting (``fiqa.eval.report.thin_roc``; it keeps the points
+    of the ``tar_strict`` values)."""
     thr, fps, tps = roc_points(scores, labels)
     if fps.size == 0 or fps[-1] == 0 or tps[-1] == 0:
         raise ValueError("TAR@FAR needs at least one genuine and one impostor pair")
@@ -387,6 +389,10 @@ def tar_at_far(scores, labels, fars=FARS) -> dict[str, float]:
         out[f"tar@{far_key(x)}"] = float(tpr_f[np.argmin(np.abs(fpr_f - x))])
         out[f"tar_strict@{far_key(x)}"] = float(full_tpr[np.searchsorted(full_fpr, x, side="right") - 1])
     out["roc_auc"] = _trapezoid(tpr, fpr)
+    if return_curves:
+        from fiqa.eval.report import thin_roc
+
+        out["curves"] = {"roc": {"": thin_roc(full_fpr, full_tpr, fars)}}
     return out
 
 
@@ -411,12 +417,14 @@ def verify(
     qmagface=None,
     erc_fmrs=(1e-2, 1e-3, 1e-4),
     erc_mode: str = "recompute_nearest",
-) -> dict[str, float]:
+    return_curves: bool = False,
+) -> dict:
     """1:1 metrics of template pairs ``pairs`` (P, 2) template ids with ``pair_labels`` (P,) (1 =
     genuine): TAR@FAR (both rules), ``roc_auc``, and the CR-FIQA ERC of the pair quality
     (min of the templates' min image quality) when the templates carry qualities (``erc_fmrs=()``
     skips it). ``score="qmagface"``: QMagFace's score with ``qmagface={"preset"} | {"alpha", "beta"}``
-    (needs ``weighting="qmagface"`` templates)."""
+    (needs ``weighting="qmagface"`` templates). ``return_curves``: also ``"curves"`` with the ROC
+    (``roc``, labelled by the score) and the ERC (``erc``, one curve per FMR)."""
     pr = np.asarray(pairs)
     if pr.ndim != 2 or pr.shape[1] != 2:
         raise ValueError(f"pairs must be (P, 2) template ids, got shape {pr.shape}")
@@ -438,12 +446,20 @@ def verify(
         s = qmf.score(s.astype(np.float64), w[r1], w[r2], **_qmagface_params(qmagface))
         kind = "similarity"
     labels = labels.astype(bool)
-    out = tar_at_far(s, labels, fars)
+    out = tar_at_far(s, labels, fars, return_curves)
+    curves = out.pop("curves", None)
+    if curves is not None:
+        curves["roc"] = {score: curves["roc"][""]}
     if erc_fmrs and not np.isnan(templates.quality).any():
         from fiqa.eval.erc import erc
 
         pq = np.minimum(templates.quality[r1], templates.quality[r2])
-        out.update(erc(s, labels, pq, erc_mode, tuple(erc_fmrs), score_kind=kind).metrics())
+        res = erc(s, labels, pq, erc_mode, tuple(erc_fmrs), score_kind=kind)
+        out.update(res.metrics())
+        if curves is not None:
+            curves["erc"] = res.curves()
+    if curves is not None:
+        out["curves"] = curves
     return out
 
 
@@ -472,9 +488,11 @@ def identify(
     ranks=RANKS,
     fpirs=FPIRS,
     nist_rank: int = 1,
-) -> dict[str, float]:
+    return_curves: bool = False,
+) -> dict:
     """1:N metrics (module docstring): ``rank<k>``, ``tpir@fpir<x>`` (insightface) and
-    ``tpir_nist@fpir<x>``, on unit template features (``sim = P @ G.T``)."""
+    ``tpir_nist@fpir<x>``, on unit template features (``sim = P @ G.T``). ``return_curves``: also
+    ``"curves": {"cmc": {"1:N": (ranks, rates)}}`` up to rank ``max(20, max(ranks))`` (at most the gallery size)."""
     pf, gf = np.asarray(probe_features), np.asarray(gallery_features)
     ps, gs = np.asarray(probe_subjects).astype(np.int64), np.asarray(gallery_subjects).astype(np.int64)
     if pf.ndim != 2 or gf.ndim != 2 or pf.shape[1] != gf.shape[1]:
@@ -494,6 +512,10 @@ def identify(
     neg = sim[mated]  # a copy: insightface's in-place overwrite of `similarity` is not repeated
     rank = np.count_nonzero(neg > mate_sim[:, None], axis=1)
     out = {f"rank{k}": float(np.mean(rank < k)) for k in ranks}
+    if return_curves:
+        from fiqa.eval.report import cmc_points
+
+        out["curves"] = {"cmc": {"1:N": cmc_points(rank + 1.0, min(max([20, *ranks]), gs.size))}}
 
     # insightface: th = the k-th largest of all non-mate similarities of the (mated) probes
     neg[np.arange(mated.size), m] = -np.inf
@@ -563,9 +585,11 @@ def evaluate(
     ranks=RANKS,
     fpirs=FPIRS,
     nist_rank: int = 1,
-) -> dict[str, float]:
+    return_curves: bool = False,
+) -> dict:
     """Aggregate, then the 1:1 metrics (when ``pairs`` are given) and the 1:N metrics (when the
-    gallery and probe maps are given). ``embeddings`` (N, D) flip-fused raw; ``qualities`` (N,)."""
+    gallery and probe maps are given). ``embeddings`` (N, D) flip-fused raw; ``qualities`` (N,).
+    ``return_curves``: also ``"curves"``: ``{"roc": ..., "erc": ..., "cmc": ...}`` of the parts run."""
     emb = np.asarray(embeddings)
     tid = np.asarray(template_ids)
     if emb.ndim != 2 or emb.shape[0] != tid.shape[0]:
@@ -589,7 +613,7 @@ def evaluate(
         weighting=weighting,
         quality_threshold=quality_threshold,
     )
-    out = {}
+    out, curves = {}, {}
     if pairs is not None:
         if pair_labels is None:
             raise ValueError("pairs given without pair_labels")
@@ -603,8 +627,10 @@ def evaluate(
                 qmagface=qmagface,
                 erc_fmrs=erc_fmrs,
                 erc_mode=erc_mode,
+                return_curves=return_curves,
             )
         )
+        curves.update(out.pop("curves", {}))
     if gallery_templates is not None and probe_templates is not None:
         g_rows = tpl.rows(gallery_templates, "1:N gallery")
         p_rows = tpl.rows(probe_templates, "1:N probes")
@@ -618,6 +644,10 @@ def evaluate(
                 ranks=ranks,
                 fpirs=fpirs,
                 nist_rank=nist_rank,
+                return_curves=return_curves,
             )
         )
+        curves.update(out.pop("curves", {}))
+    if return_curves:
+        out["curves"] = curves
     return out

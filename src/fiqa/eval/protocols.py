@@ -7,6 +7,11 @@ SynthFace); a protocol takes what it needs and ignores the rest. Pure numpy.
 
 ``pair_similarity`` (P,), when given, replaces the cosine of the pair's embeddings as the
 comparison score (``val.<set>.score=qmagface``: QMagFace's quality-aware score).
+
+A protocol that can also give curves for plots takes ``return_curves: bool = False``; with ``True`` its
+dict has one more key, ``"curves"``: ``{kind: {label: (x, y)}}`` (kinds ``roc``, ``cmc``, ``erc``; see
+``fiqa.eval.report.PLOTTERS``). ``fiqa.methods.base.evaluate_set`` asks for them and keeps them apart
+from the metrics, whose names do not change.
 """
 
 from __future__ import annotations
@@ -93,13 +98,15 @@ def ijb(
     ranks=(1, 5, 10),
     fpirs=(1e-2, 1e-1),
     nist_rank: int = 1,
+    return_curves: bool = False,
     **_,
 ) -> dict:
     """IJB-B/C (``fiqa.eval.ijb``): templates from the per-image embeddings (media mean, sum over media,
     L2; ``norm_score``, ``detector_score``, quality ``weighting`` none|crfiqa|eqface|qmagface), then the
     1:1 TAR@FAR (insightface's nearest-FPR ``tar@far*`` and ``tar_strict@far*``), ``roc_auc`` and the
     pair ERC of the template quality (``erc_*``), and, when the set has the 1:N files, ``rank1/5/10``,
-    ``tpir@fpir*`` (insightface) and ``tpir_nist@fpir*``. Every image of the set must be embedded."""
+    ``tpir@fpir*`` (insightface) and ``tpir_nist@fpir*``. Every image of the set must be embedded.
+    ``return_curves``: the ROC, the ERC and the 1:N CMC as ``"curves"`` (module docstring)."""
     from fiqa.eval import ijb as ijb_eval
 
     return ijb_eval.evaluate(
@@ -127,4 +134,5 @@ def ijb(
         ranks=tuple(ranks),
         fpirs=tuple(fpirs),
         nist_rank=nist_rank,
+        return_curves=return_curves,
     )

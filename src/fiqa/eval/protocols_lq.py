@@ -15,6 +15,10 @@ Quality-aware view: ``rank1_reject<r>`` is rank-1 of the mated probes left after
 not used). A quality that predicts recognisability makes it rise above ``rank1``. It is NaN when a
 probe quality is NaN or inf. ``reject=0`` leaves it out.
 
+``return_curves=True`` adds ``"curves": {"cmc": {label: (ranks, rates)}}`` (``fiqa.eval.protocols``), up
+to rank ``max(20, max(ranks))`` (at most the gallery size): one curve ``all`` for TinyFace, one per
+distance (``d1``, ``d2``, ``d3``) and ``all`` for SCface.
+
 The whole set must be embedded: a partial run (``limit_val_batches``, ``fast_dev_run``) raises a
 ValueError, which :func:`fiqa.methods.base.evaluate_set` turns into a warning.
 """
@@ -53,6 +57,12 @@ def _rank_metrics(rank: np.ndarray, ranks: Sequence[int], suffix: str = "") -> d
     return {f"rank{int(k)}{suffix}": float(v) for k, v in zip(ranks, idn.cmc(rank, ranks))}
 
 
+def _cmc_curve(rank: np.ndarray, ranks: Sequence[int], n_gallery: int) -> tuple:
+    from fiqa.eval.report import cmc_points
+
+    return cmc_points(rank, min(max([20, *[int(k) for k in ranks]]), n_gallery))
+
+
 def _reject_metric(rank: np.ndarray, probe_quality: np.ndarray, reject: float) -> dict:
     if reject <= 0:
         return {}
@@ -72,6 +82,7 @@ def tinyface(
     open_set: str = "mate_removed",
     reject: float = 0.2,
     chunk_elements: int = idn.CHUNK_ELEMENTS,
+    return_curves: bool = False,
     **_,
 ) -> dict:
     """TinyFace 1:N: probes against Gallery_Match + Gallery_Distractor.
@@ -87,6 +98,8 @@ def tinyface(
         dirs, _, _ = idn.dir_at_far(s, [float(f) for f in fars], (1,), open_set)
         out.update({f"dir@{far_key(f)}": float(d) for f, d in zip(fars, dirs[:, 0])})
     out.update(_reject_metric(s.rank, np.asarray(qualities).reshape(-1)[is_probe], reject))
+    if return_curves and s.has_mate.any():
+        out["curves"] = {"cmc": {"all": _cmc_curve(s.rank, ranks, int((~is_probe).sum()))}}
     return out
 
 
@@ -99,6 +112,7 @@ def scface(
     ranks: Sequence[int] = (1,),
     reject: float = 0.2,
     chunk_elements: int = idn.CHUNK_ELEMENTS,
+    return_curves: bool = False,
     **_,
 ) -> dict:
     """SCface 1:N: surveillance probes against the frontal mugshots.
@@ -111,9 +125,14 @@ def scface(
     if len(d) != len(is_probe):
         raise ValueError(f"one distance per image: {len(is_probe)} images, {len(d)} distances")
     d = d[is_probe]
-    out = {}
+    out, cmc = {}, {}
+    n_gallery = int((~is_probe).sum())
     for dist in np.unique(d):
         out.update(_rank_metrics(s.rank[d == dist], ranks, f"_d{int(dist)}"))
+        if np.isfinite(s.rank[d == dist]).any():
+            cmc[f"d{int(dist)}"] = _cmc_curve(s.rank[d == dist], ranks, n_gallery)
     out.update(_rank_metrics(s.rank, ranks))
     out.update(_reject_metric(s.rank, np.asarray(qualities).reshape(-1)[is_probe], reject))
+    if return_curves and np.isfinite(s.rank).any():
+        out["curves"] = {"cmc": {**cmc, "all": _cmc_curve(s.rank, ranks, n_gallery)}}
     return out

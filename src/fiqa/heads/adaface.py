@@ -21,6 +21,12 @@ estimate (they agree up to the noise of the local batches) and a checkpoint hold
 ``trainer.strategy.broadcast_buffers=true`` gives the original's behaviour exactly (BN running
 statistics are then broadcast from rank 0 too, as in the original).
 
+With ``head.fc=partial`` (Partial FC) the head sees the global batch (every rank's embeddings,
+gathered), so the statistics are updated from the norms of all ``B * W`` images: every rank holds the
+same buffers, and each row's margin scaler is computed from its own image's norm. This differs from
+the original under DDP (rank 0's local batch of ``B``) only by the noise of the estimate; with one
+process it is identical.
+
 Deliberate difference: with a batch of one the std is undefined (the original writes NaN into
 ``batch_std`` for good); here ``batch_std`` is left unchanged for such a batch.
 """
@@ -34,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from fiqa.heads.fc import HeadOutput, MarginHead
+from fiqa.heads.margins import replace_target, target_of
 
 
 @dataclass
@@ -55,14 +62,14 @@ def adaface_logits(
 ) -> torch.Tensor:
     """Scaled logits with AdaFace's margin on the target entry (float32): target
     ``s * (cos(clip(theta_y - m*ms, eps, pi-eps)) - m - m*ms)``, others ``s * cos``.
-    ``cos`` (B, C) is clipped to ``[-1+eps, 1-eps]``; ``ms`` (B,) is the margin scaler."""
+    ``cos`` (B, C) is clipped to ``[-1+eps, 1-eps]``; ``ms`` (B,) is the margin scaler. Rows labelled
+    ``-1`` (Partial FC: target in another shard) get no margin."""
     cos = cos.float().clamp(-1 + eps, 1 - eps)
     ms = ms.float().view(-1, 1)
-    idx = labels.view(-1, 1)
-    theta = torch.acos(cos.gather(1, idx))
+    theta = torch.acos(target_of(cos, labels))
     g_angle, g_add = -m * ms, m + m * ms
     target = torch.cos((theta + g_angle).clamp(eps, math.pi - eps)) - g_add
-    return s * cos.scatter(1, idx, target)
+    return s * replace_target(cos, labels, target)
 
 
 class AdaFaceHead(MarginHead):
@@ -74,7 +81,11 @@ class AdaFaceHead(MarginHead):
 
     Subclass hooks (QGFace): :meth:`logit_gate` multiplies each sample's logits after scaling
     (default: none); ``init_mean`` / ``init_std`` set the statistics' start (QGFace: 0 / 0).
+
+    ``fc=partial``: Partial FC (statistics from the global batch, see the module docstring).
     """
+
+    output_type = AdaFaceOutput
 
     def __init__(
         self,
@@ -87,8 +98,10 @@ class AdaFaceHead(MarginHead):
         eps: float = 1e-3,
         init_mean: float = 20.0,
         init_std: float = 100.0,
+        fc: str = "full",
+        sample_rate: float = 1.0,
     ):
-        super().__init__(num_classes, embedding_dim, s)
+        super().__init__(num_classes, embedding_dim, s, fc, sample_rate)
         if not 0.0 <= t_alpha <= 1.0:
             raise ValueError(f"head.t_alpha must be in [0, 1], got {t_alpha}")
         if eps <= 0:
@@ -117,17 +130,25 @@ class AdaFaceHead(MarginHead):
         """A per-sample factor (B,) on the scaled logits, or None (AdaFace). QGFace overrides it."""
         return None
 
-    def forward(self, embedding: torch.Tensor, labels: torch.Tensor) -> AdaFaceOutput:
-        cos = self.cosine(embedding).float().clamp(-1 + self.eps, 1 - self.eps)
-        norm = self.clipped_norm(embedding)
+    def cosine(self, embedding: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Cosines clipped to ``[-1+eps, 1-eps]`` (as the margin sees them)."""
+        return super().cosine(embedding, weight).float().clamp(-1 + self.eps, 1 - self.eps)
+
+    def row_terms(self, embedding: torch.Tensor) -> dict:
+        return {"norm": self.clipped_norm(embedding)}
+
+    def margin_logits(self, cos: torch.Tensor, labels: torch.Tensor, terms: dict) -> torch.Tensor:
+        """Updates the statistics (training) from ``terms["norm"]``, adds ``terms["ms"]``."""
+        norm = terms["norm"]
         if self.training:
             self.update_statistics(norm)
         ms = margin_scaler(norm, self.batch_mean, self.batch_std, self.h, self.eps)
+        terms["ms"] = ms
         logits = adaface_logits(cos, labels, ms, self.s, self.margin_value, self.eps)
         gate = self.logit_gate(ms)
         if gate is not None:
             logits = logits * gate.float().view(-1, 1)
-        return AdaFaceOutput(logits=logits, cosine=cos, norm=norm, ms=ms)
+        return logits
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, margin={self.margin_value}, h={self.h}, t_alpha={self.t_alpha}, eps={self.eps}"

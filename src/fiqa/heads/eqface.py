@@ -68,6 +68,9 @@ class EQFaceHead(MarginHead):
     """EQFace's ``GaussianFace``: class centres (C, D) and ArcFace-with-fallback logits, scaled per sample
     by the quality when one is given: ``forward(embedding, labels, quality=None) -> HeadOutput``."""
 
+    # Partial FC is not implemented for its quality-scaled logits and focal loss: head.fc=partial is refused
+    supports_partial_fc = False
+
     def __init__(
         self,
         num_classes: int,
@@ -76,8 +79,10 @@ class EQFaceHead(MarginHead):
         margin: float = 0.5,
         quality_offset: float = 0.2,
         quality_gain: float = 1.2,
+        fc: str = "full",
+        sample_rate: float = 1.0,
     ):
-        super().__init__(num_classes, embedding_dim, s)
+        super().__init__(num_classes, embedding_dim, s, fc, sample_rate)
         if not 0.0 <= float(margin) < math.pi / 2:
             raise ValueError(f"head.margin must be in [0, pi/2), got {margin}")
         self.margin_value = float(margin)

@@ -22,8 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fiqa.heads.fc import HeadOutput, MarginHead
-from fiqa.heads.margins import COS_EPS
+from fiqa.heads.fc import MarginHead
+from fiqa.heads.margins import COS_EPS, replace_target, target_of
 
 KINDS = ("arc", "cos")
 
@@ -58,10 +58,11 @@ def mag_logits(
     easy_margin: bool = True,
     kind: str = "arc",
 ) -> torch.Tensor:
-    """Scaled logits with the magnitude-aware margin on the target entry (float32)."""
+    """Scaled logits with the magnitude-aware margin on the target entry (float32); rows labelled
+    ``-1`` (Partial FC: target in another shard) get no margin."""
     cos = cos.float().clamp(-1 + COS_EPS, 1 - COS_EPS)
     m = magnitude_margin(a.float().view(-1, 1), l_a, u_a, l_m, u_m)  # (B, 1)
-    t = cos.gather(1, labels.view(-1, 1))
+    t = target_of(cos, labels)
     if kind == "arc":
         t_m = t * torch.cos(m) - torch.sqrt(1.0 - t * t) * torch.sin(m)
         if easy_margin:
@@ -72,12 +73,14 @@ def mag_logits(
         t_m = t - m
     else:
         raise ValueError(f"head.kind must be one of {list(KINDS)}, got {kind!r}")
-    return s * cos.scatter(1, labels.view(-1, 1), t_m)
+    return s * replace_target(cos, labels, t_m)
 
 
 class MagFaceHead(MarginHead):
     """MagLinear: unit class centres (C, D) initialised as MagFace (uniform(-1, 1), rows
-    normalised); ``forward(embedding, labels) -> HeadOutput`` with ``norm`` = the clamped magnitude."""
+    normalised); ``forward(embedding, labels) -> HeadOutput`` with ``norm`` = the clamped magnitude.
+    ``fc=partial`` (Partial FC): each row's margin uses the magnitude of its own image (gathered from
+    its rank); ``norm`` holds this rank's rows, with their gradient, for the regulariser g(a)."""
 
     def __init__(
         self,
@@ -90,8 +93,10 @@ class MagFaceHead(MarginHead):
         u_m: float = 0.8,
         easy_margin: bool = True,
         kind: str = "arc",
+        fc: str = "full",
+        sample_rate: float = 1.0,
     ):
-        super().__init__(num_classes, embedding_dim, s)
+        super().__init__(num_classes, embedding_dim, s, fc, sample_rate)
         if not 0 < l_a < u_a:
             raise ValueError(f"head.l_a and head.u_a must satisfy 0 < l_a < u_a, got {l_a}, {u_a}")
         if kind not in KINDS:
@@ -105,11 +110,12 @@ class MagFaceHead(MarginHead):
     def clamped_norm(self, embedding: torch.Tensor) -> torch.Tensor:
         return embedding.float().norm(dim=1).clamp(self.l_a, self.u_a)
 
-    def forward(self, embedding: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
-        cos = self.cosine(embedding)
-        a = self.clamped_norm(embedding)
-        logits = mag_logits(cos, labels, a, self.s, self.l_a, self.u_a, self.l_m, self.u_m, self.easy_margin, self.kind)
-        return HeadOutput(logits=logits, cosine=cos, norm=a)
+    def row_terms(self, embedding: torch.Tensor) -> dict:
+        return {"norm": self.clamped_norm(embedding)}
+
+    def margin_logits(self, cos: torch.Tensor, labels: torch.Tensor, terms: dict) -> torch.Tensor:
+        a = terms["norm"]
+        return mag_logits(cos, labels, a, self.s, self.l_a, self.u_a, self.l_m, self.u_m, self.easy_margin, self.kind)
 
     def extra_repr(self) -> str:
         return (

@@ -1,7 +1,8 @@
 """Margins as pure functions of the cosines (B, C) and the labels (B,).
 
 Each returns the scaled logits ``s * f(cos)`` with the margin applied to the target entry only.
-All arithmetic is done in float32 whatever the input dtype.
+All arithmetic is done in float32 whatever the input dtype. A label ``-1`` means "no target among
+these columns" (Partial FC: the target is in another rank's shard): that row gets no margin.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ import torch
 COS_EPS = 1e-7
 
 
-def _target(cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return cos.gather(1, labels.view(-1, 1))
+def target_of(cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The target cosines (B, 1); a row labelled ``-1`` gives its column 0 (a placeholder, never used)."""
+    return cos.gather(1, labels.clamp_min(0).view(-1, 1))
 
 
-def _replace_target(cos: torch.Tensor, labels: torch.Tensor, new_target: torch.Tensor) -> torch.Tensor:
-    return cos.scatter(1, labels.view(-1, 1), new_target)
+def replace_target(cos: torch.Tensor, labels: torch.Tensor, new_target: torch.Tensor) -> torch.Tensor:
+    """``cos`` with the target entries replaced by ``new_target`` (B, 1); rows labelled ``-1`` unchanged."""
+    idx = labels.clamp_min(0).view(-1, 1)
+    keep = (labels < 0).view(-1, 1)
+    return cos.scatter(1, idx, torch.where(keep, cos.gather(1, idx), new_target))
 
 
 def combined(
@@ -27,10 +32,10 @@ def combined(
     """arcface_torch's combined margin: target logit ``s * (cos(m1*theta + m2) - m3)``, the others
     ``s * cos``. (1, 0.5, 0) is ArcFace, (1, 0, 0.35..0.4) CosFace, (0.9, 0.4, 0.15) their mix."""
     cos = cos.float().clamp(-1 + COS_EPS, 1 - COS_EPS)
-    t = _target(cos, labels)
+    t = target_of(cos, labels)
     if m1 != 1.0 or m2 != 0.0:
         t = torch.cos(m1 * torch.acos(t) + m2)
-    return s * _replace_target(cos, labels, t - m3)
+    return s * replace_target(cos, labels, t - m3)
 
 
 def arcface(cos: torch.Tensor, labels: torch.Tensor, s: float = 64.0, margin: float = 0.5) -> torch.Tensor:

@@ -79,6 +79,9 @@ class QGFaceHead(AdaFaceHead):
     whose slow decay at ``a = 0.01`` leaves ``ms`` near 0, i.e. every ``q`` near 0.5, for hundreds of steps).
     """
 
+    # the contrast reads every class proxy W[label] and the gate weights each sample's loss: not sharded
+    supports_partial_fc = False
+
     def __init__(
         self,
         num_classes: int,
@@ -92,8 +95,10 @@ class QGFaceHead(AdaFaceHead):
         init_std: float = 100.0,
         debias_stats: bool = True,
         quality_scale: float = 0.0,
+        fc: str = "full",
+        sample_rate: float = 1.0,
     ):
-        super().__init__(num_classes, embedding_dim, s, margin, h, t_alpha, eps, init_mean, init_std)
+        super().__init__(num_classes, embedding_dim, s, margin, h, t_alpha, eps, init_mean, init_std, fc, sample_rate)
         if not 0.0 <= quality_scale <= 1.0:
             raise ValueError(f"quality_scale must be in [0, 1], got {quality_scale}")
         self.quality_scale, self.debias_stats = float(quality_scale), bool(debias_stats)

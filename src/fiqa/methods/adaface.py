@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fiqa.heads.adaface import AdaFaceHead, AdaFaceOutput
+from fiqa.heads.partial_fc import cross_entropy
 from fiqa.methods.base import FaceModule
 from fiqa.types import BackboneOutput
 
@@ -45,7 +46,9 @@ class AdaFace(FaceModule):
         labels = batch["label"]
         w = self.sample_weights(head_out, batch)
         if w is None:
-            return F.cross_entropy(head_out.logits, labels)
+            return cross_entropy(head_out, labels)
+        if head_out.partial is not None:
+            raise ValueError("per-sample loss weights (sample_weights) are not supported with head.fc=partial")
         return (w.float() * F.cross_entropy(head_out.logits, labels, reduction="none")).mean()
 
     def losses(self, out: BackboneOutput, batch: Mapping[str, torch.Tensor]) -> dict:

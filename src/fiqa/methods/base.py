@@ -17,11 +17,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from fiqa.heads import partial_fc
 from fiqa.types import BackboneOutput, FaceOutput
 from fiqa.utils.logging import get_logger
+from fiqa.utils.precision import full_precision
 
 log = get_logger(__name__)
 
@@ -75,7 +76,8 @@ class FaceModule(L.LightningModule):
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
-        self.val_results: dict = {}  # name -> {"embeddings", "qualities", "indices"} of the last validation (numpy)
+        # name -> {"embeddings", "qualities", "indices", "curves"} of the last validation (numpy)
+        self.val_results: dict = {}
         self._val_buffers: dict = {}
 
     # ---- the method API -----------------------------------------------------------------
@@ -98,8 +100,8 @@ class FaceModule(L.LightningModule):
         return qmagface_pair_scores(embeddings, qualities, alpha, beta, None if alpha is not None else preset)
 
     def losses(self, out: BackboneOutput, batch: Mapping[str, torch.Tensor]) -> dict:
-        """Named loss terms (summed for the step). Default: CE on the margin logits."""
-        return {"id": F.cross_entropy(self.head(out.embedding, batch["label"]).logits, batch["label"])}
+        """Named loss terms (summed for the step). Default: CE on the margin logits (full or Partial FC)."""
+        return {"id": partial_fc.cross_entropy(self.head(out.embedding, batch["label"]), batch["label"])}
 
     def embed(self, images: torch.Tensor) -> BackboneOutput:
         """The backbone on ``images`` (channels_last when enabled: ~20 % faster convolutions)."""
@@ -111,9 +113,27 @@ class FaceModule(L.LightningModule):
         out = self.embed(images)
         return FaceOutput(embedding=out.embedding, quality=self.quality(out))
 
+    # ---- Partial FC (head.fc=partial): sharding, clipping, the optimizer state of the shard ------
+    def setup(self, stage: str) -> None:
+        """Shards a Partial FC head over the ranks (the process group is up now, DDP not yet wrapped)."""
+        partial_fc.setup_module(self)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Lightning's clipping, except by norm with a sharded head: the norm over all ranks' shards."""
+        if not partial_fc.clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        partial_fc.gather_optimizer_state(self, checkpoint)  # the shard's momentum as the full (C, D)
+
+    def on_train_start(self) -> None:
+        partial_fc.shard_optimizer_state(self)  # after a resume: this rank's rows of the (C, D) state
+
     # ---- training -----------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        terms = self.losses(self.embed(batch["image"]), batch)
+        out = self.embed(batch["image"])
+        with full_precision(batch["image"]):  # heads, quality heads and losses in float32 (utils.precision)
+            terms = self.losses(out, batch)
         loss = sum(terms.values())
         bs = batch["image"].shape[0]
         self.log_dict({f"train/loss/{k}": v.detach() for k, v in terms.items()}, batch_size=bs)
@@ -208,8 +228,14 @@ class FaceModule(L.LightningModule):
             res = self._gather(self._val_buffers[name])
             self.val_results[name] = res
             targets = dm.val_targets(i) if dm is not None else {}
+            res["curves"] = {}  # ROC / CMC / ERC of the protocols, plotted by callbacks.quality_plots
             metrics = evaluate_set(
-                name, res, targets, self.val_sets[name].get("protocols", {}), partial(self.pair_similarity, name)
+                name,
+                res,
+                targets,
+                self.val_sets[name].get("protocols", {}),
+                partial(self.pair_similarity, name),
+                curves=res["curves"],
             )
             for k, v in metrics.items():
                 self.log(f"val/{name}/{k}", v, add_dataloader_idx=False, rank_zero_only=False, sync_dist=False)
@@ -241,9 +267,12 @@ def evaluate_set(
     targets: Mapping[str, np.ndarray],
     protocols: Mapping[str, Callable],
     pair_similarity: Callable | None = None,
+    curves: dict | None = None,
 ) -> dict:
     """Run a val set's protocols on its gathered outputs. When the outputs do not cover the whole
-    set (``limit_val_batches``, ``fast_dev_run``), only complete pairs are evaluated, with a warning."""
+    set (``limit_val_batches``, ``fast_dev_run``), only complete pairs are evaluated, with a warning.
+    With a ``curves`` dict, the protocols that take ``return_curves`` are asked for their curves, which
+    are merged into it (``{kind: {label: (x, y)}}``, ``fiqa.eval.protocols``); the metrics stay floats."""
     indices, emb, q = res["indices"], res["embeddings"], res["qualities"]
     n_total = (
         int(targets["n_images"])
@@ -276,8 +305,20 @@ def evaluate_set(
             t["pair_similarity"] = sim
     metrics = {}
     for key, protocol in protocols.items():
+        extra = {"return_curves": True} if curves is not None and _takes(protocol, "return_curves") else {}
         try:
-            metrics.update(protocol(embeddings=emb, qualities=q, **t))
+            out = dict(protocol(embeddings=emb, qualities=q, **t, **extra))
         except ValueError as err:  # e.g. too few pairs for 10 folds in a fast_dev_run
             log.warning(f"val/{name}: protocol {key!r} skipped: {err}")
+            continue
+        for kind, c in (out.pop("curves", None) or {}).items():
+            curves.setdefault(kind, {}).update(c)
+        metrics.update(out)
     return metrics
+
+
+def _takes(fn: Callable, arg: str) -> bool:
+    try:
+        return arg in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a callable without a signature
+        return False

@@ -40,6 +40,7 @@ from fiqa.heads.eqface import EQFaceHead, focal_loss
 from fiqa.methods.base import FaceModule
 from fiqa.types import BackboneOutput, FaceOutput
 from fiqa.utils.logging import get_logger
+from fiqa.utils.precision import full_precision
 
 log = get_logger(__name__)
 
@@ -184,14 +185,16 @@ class EQFace(FaceModule):
     def teacher_quality(self, images: torch.Tensor) -> torch.Tensor:
         """Step 3: the frozen teacher's ``q`` (B,) on ``images``."""
         feature_map = self._run(self.teacher["backbone"], images, feature_map=True).feature_map
-        return self.teacher["quality"](feature_map.float())
+        with full_precision(feature_map):
+            return self.teacher["quality"](feature_map.float())
 
     def quality(self, out: BackboneOutput) -> torch.Tensor:
         """Step 1: ``||embedding||``; step 2: the branch on the map of ``out``; step 3: see :meth:`forward`."""
         if self.step == 1:
             return out.embedding.float().norm(dim=1)
         if self.step == 2:
-            return self.quality_head(out.feature_map.float())
+            with full_precision(out.feature_map):
+                return self.quality_head(out.feature_map.float())
         raise RuntimeError("EQFace step 3: the quality is the teacher's on the images; call forward(images)")
 
     def forward(self, images: torch.Tensor) -> FaceOutput:

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fiqa.heads.magface import MagFaceHead, feasibility_bound, magnitude_regularizer
+from fiqa.heads.partial_fc import cross_entropy
 from fiqa.methods.base import FaceModule
 from fiqa.types import BackboneOutput, FaceOutput
 from fiqa.utils.logging import get_logger
@@ -65,4 +65,4 @@ class MagFace(FaceModule):
             {"train/magnitude": out.embedding.detach().float().norm(dim=1).mean(), "train/mag_g": g.detach()},
             batch_size=labels.shape[0],
         )
-        return {"id": F.cross_entropy(head_out.logits, labels), "g": self.lambda_g * g}
+        return {"id": cross_entropy(head_out, labels), "g": self.lambda_g * g}

@@ -22,8 +22,10 @@ from fiqa.data.datamodule import FaceDataModule
 from fiqa.data.transforms import ToModelInput
 from fiqa.methods.base import FaceModule
 from fiqa.utils.logging import get_logger
+from fiqa.utils.resolvers import device_count
 
 log = get_logger(__name__)
+log_all = get_logger(__name__, rank_zero_only=False)  # every rank, prefixed with it
 
 
 @dataclass
@@ -146,35 +148,122 @@ def build_loggers(cfg: DictConfig) -> list:
         if not isinstance(c, DictConfig) or "_target_" not in c:
             raise ValueError(f"logger.{name} has no _target_; got {c}")
         kw = {}
-        if c._target_.endswith("WandbLogger"):
-            if c.get("offline") is None:  # offline without a key: no network needed, `wandb sync` later
-                kw["offline"] = not os.environ.get("WANDB_API_KEY")
-            if c.get("group") is None and hydra_mode() == RunMode.MULTIRUN:
-                kw["group"] = Path(HydraConfig.get().sweep.dir).name
+        if c._target_.endswith("WandbLogger"):  # offline without a key, group = sweep, name, tags, job_type
+            from fiqa.callbacks.wandb_setup import logger_kwargs
+
+            kw = logger_kwargs(cfg, c)
         loggers.append(instantiate(c, **kw))
     return loggers
 
 
+def cluster_environment() -> str | None:
+    """The Lightning cluster environment whose launcher started this process (torchrun, srun, LSF),
+    detected as Lightning detects it; None when Lightning starts any DDP processes itself."""
+    from lightning.fabric.plugins.environments import LSFEnvironment, SLURMEnvironment, TorchElasticEnvironment
+
+    for env in (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment):  # Lightning's order
+        if env.detect():
+            return env.__name__
+    return None
+
+
+def check_cluster(cfg: DictConfig, environment: str) -> None:
+    """``trainer.devices`` / ``trainer.num_nodes`` against the processes torchrun or SLURM started (Lightning
+    checks this too, later and in its own terms); logs on every rank which launcher started it."""
+    t, env = cfg.trainer, os.environ
+    per_node, nodes = device_count(t.get("devices", 1)), int(t.get("num_nodes", 1))
+    if environment == "TorchElasticEnvironment":
+        local, world = int(env.get("LOCAL_WORLD_SIZE", 1)), int(env.get("WORLD_SIZE", 1))
+        found = (local, "torchrun --nproc_per_node (LOCAL_WORLD_SIZE)")
+        found_nodes = (world // local, f"torchrun --nnodes: WORLD_SIZE={world} / LOCAL_WORLD_SIZE={local}")
+        rank = env.get("RANK", "0")
+    elif environment == "SLURMEnvironment":
+        world = int(env.get("SLURM_NTASKS", 1))
+        ntasks, nnodes = env.get("SLURM_NTASKS_PER_NODE"), env.get("SLURM_NNODES")
+        found = (int(ntasks), "SLURM --ntasks-per-node, hydra.launcher.tasks_per_node") if ntasks else None
+        found_nodes = (int(nnodes), "SLURM --nodes, hydra.launcher.nodes") if nnodes else None
+        rank = env.get("SLURM_PROCID", "0")
+    else:
+        return
+    if found and per_node is not None and per_node != found[0]:
+        raise ValueError(
+            f"trainer.devices={t.get('devices')} but the launcher started {found[0]} process(es) per node "
+            f"({found[1]}): set trainer.devices={found[0]} (one process per device)"
+        )
+    if found_nodes and found_nodes[0] != nodes:
+        raise ValueError(
+            f"trainer.num_nodes={nodes} but the job runs on {found_nodes[0]} node(s) ({found_nodes[1]}): "
+            f"set trainer.num_nodes={found_nodes[0]}"
+        )
+    log_all.info(f"{environment}: this process is rank {rank} of {world}, started by the launcher, not Lightning")
+
+
+def _spawns(strategy: Any) -> bool:
+    """True when the strategy starts its processes with multiprocessing (spawn/fork), which does not
+    re-run the command line."""
+    if isinstance(strategy, DictConfig):
+        return strategy.get("start_method") in ("spawn", "fork", "forkserver")
+    return isinstance(strategy, str) and any(k in strategy for k in ("spawn", "fork", "notebook"))
+
+
 def check_launch(cfg: DictConfig) -> None:
-    """Refuse a local ``-m`` sweep combined with DDP processes that Lightning starts itself:
-    Lightning re-runs ``sys.argv`` in every child, so each child would re-launch the sweep."""
+    """Checks before anything is built, on every rank:
+
+    - under torchrun / SLURM (Lightning's TorchElasticEnvironment / SLURMEnvironment): ``trainer.devices``
+      and ``trainer.num_nodes`` must match the processes the launcher started (:func:`check_cluster`);
+    - a local ``-m`` sweep with DDP processes that Lightning starts itself is refused: Lightning re-runs
+      ``sys.argv`` in every child (``_hydra_subprocess_cmd``), so each child would re-launch the sweep.
+      Spawned processes (``trainer=ddp_sim``, ``start_method: spawn``) do not re-run it and are allowed.
+    """
+    environment = cluster_environment()
+    if environment is not None:
+        check_cluster(cfg, environment)
+        return
     if hydra_mode() != RunMode.MULTIRUN:
         return
     t = cfg.trainer
-    strategy = t.get("strategy")
-    spawn = isinstance(strategy, DictConfig) and strategy.get("start_method") in ("spawn", "fork", "forkserver")
-    spawn = spawn or (isinstance(strategy, str) and "spawn" in strategy)
-    many = str(t.get("devices", 1)) not in ("1", "[0]") or int(t.get("num_nodes", 1)) > 1
-    launcher = str(OmegaConf.select(HydraConfig.get(), "launcher._target_", default=""))
-    external = "submitit" in launcher or "LOCAL_RANK" in os.environ or "SLURM_JOB_ID" in os.environ
-    if many and not spawn and not external:
+    count, nodes = device_count(t.get("devices", 1)), int(t.get("num_nodes", 1))
+    many = (count is None and str(t.get("accelerator")) != "cpu") or (count or 1) > 1 or nodes > 1
+    if many and not _spawns(t.get("strategy")):
         raise ValueError(
             "a local multirun (-m) cannot use DDP processes started by Lightning (trainer.devices="
-            f"{t.get('devices')}, trainer.num_nodes={t.get('num_nodes')}): each child would re-run the sweep. "
-            "Ways out: (1) hydra/launcher=slurm (one SLURM job per sweep point); (2) run each point "
-            "without -m under torchrun (torchrun --nproc_per_node=N main.py ...); (3) trainer=ddp_sim "
-            "(spawned CPU processes) for tests."
+            f"{t.get('devices')}, trainer.num_nodes={nodes}): Lightning re-runs the command line in every child, "
+            "so each child would re-run the sweep. Ways out: (1) hydra/launcher=slurm (one SLURM job per sweep "
+            "point; srun starts the processes); (2) run each point without -m under torchrun "
+            "(torchrun --nproc_per_node=N main.py ... trainer.devices=N); (3) trainer=ddp_sim (CPU processes "
+            "spawned by Lightning, safe under -m) for tests."
         )
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_backbone(method: FaceModule, option: Any) -> None:
+    """``trainer.compile``: false | true | one of :data:`COMPILE_MODES`. Compiles the backbone in place
+    (``nn.Module.compile``: parameter names and checkpoints stay as they are); the heads, the quality
+    heads and the losses stay eager (small, float32, data-dependent shapes under Partial FC)."""
+    if option is None or option is False or str(option).lower() in ("false", "none", "off"):
+        return
+    mode = "default" if option is True or str(option).lower() in ("true", "on") else str(option)
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"trainer.compile={option!r} is not valid; choose false, true or one of {list(COMPILE_MODES)}")
+    method.backbone.compile(mode=mode)
+    log.info(f"trainer.compile: backbone compiled with torch.compile(mode={mode!r}); the first steps are slow")
+
+
+def split_trainer_config(trainer_cfg: DictConfig) -> tuple[DictConfig, Any]:
+    """``cfg.trainer`` without our own keys (what ``lightning.Trainer`` takes), and ``compile``."""
+    tcfg = trainer_cfg.copy()
+    with open_dict(tcfg):
+        compile_option = tcfg.pop("compile", False)
+    return tcfg, compile_option
+
+
+def build_trainer(cfg: DictConfig, run_config: Mapping, method: FaceModule) -> L.Trainer:
+    """The Lightning Trainer from ``cfg.trainer``; our own keys (``compile``) are taken out first."""
+    tcfg, compile_option = split_trainer_config(cfg.trainer)
+    compile_backbone(method, compile_option)
+    return instantiate(tcfg, callbacks=build_callbacks(cfg, run_config), logger=build_loggers(cfg) or False)
 
 
 def build(cfg: DictConfig, with_train: bool = True) -> Built:
@@ -184,7 +273,7 @@ def build(cfg: DictConfig, with_train: bool = True) -> Built:
     fill_num_classes(cfg, datamodule)
     run_config = resolved_config(cfg)
     method = build_method(cfg, val_view)
-    trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg, run_config), logger=build_loggers(cfg) or False)
+    trainer = build_trainer(cfg, run_config, method)
     return Built(datamodule, method, trainer, run_config)
 
 
@@ -266,6 +355,7 @@ def wrap_quality(method: FaceModule, quality_cfg: Any) -> FaceModule:
 
 def build_from_checkpoint(cfg: DictConfig) -> tuple[Built, FaceModule]:
     """Rebuild the model from the checkpoint (ours or a released one), evaluate on the current ``val``."""
+    check_launch(cfg)
     val_datasets, val_view = build_val(cfg)
     method = load_model(
         cfg.ckpt_path,
@@ -280,5 +370,5 @@ def build_from_checkpoint(cfg: DictConfig) -> tuple[Built, FaceModule]:
     datamodule = build_datamodule(data_cfg, val_datasets, with_train=False)
     datamodule.to_input = ToModelInput(conv["color"], conv["mean"], conv["std"])
     run_config = resolved_config(cfg)
-    trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg, run_config), logger=build_loggers(cfg) or False)
+    trainer = build_trainer(cfg, run_config, method)
     return Built(datamodule, method, trainer, run_config), method

@@ -1,0 +1,169 @@
+"""W&B dashboards (``logger=wandb``): runs grouped by sweep, method and backbone, summaries of the
+configured val sets' metrics.
+
+- :func:`logger_kwargs` (used by ``fiqa.tasks.build.build_loggers``): what the config leaves open on the
+  ``WandbLogger``: ``offline`` (no ``WANDB_API_KEY``: offline, ``wandb sync`` later), ``group`` = the
+  sweep directory's name in a multirun, the run ``name`` ``<run_name>-<job number>`` in a multirun
+  (``run_name`` = ``<method>-<backbone>``), ``job_type`` = the task and the ``tags`` of the config plus
+  ``method:<m>``, ``backbone:<b>``, ``data:<d>``, ``task:<t>``.
+- :class:`WandbSetup` (callback, ``callbacks=default``): on rank 0, once per run, writes the run's
+  identity (``run.method``, ``run.backbone``, ``run.data``, ``run.task``, ``run.sweep``, ``run.job``) and
+  the resolved config into the W&B config (group or filter by them), and declares the summaries
+  (:func:`define_summaries`) of the metrics that the method's val sets and their protocols log.
+
+Summaries are derived from the configured val sets, never a fixed list of metric names: for each set
+and each of its protocols, :data:`PROTOCOL_SUMMARIES` (keyed by the protocol's function) gives glob
+patterns of the metrics that protocol logs under ``val/<set>/`` and their goal (``max`` for
+accuracy/TAR/rank-k, ``min`` for error rates and ERC areas); ``val/acc_mean`` is ``max``. A protocol
+not listed there gets W&B's default summary (the last value). The ERC and quality-histogram images come
+from the validation callback (``fiqa.callbacks.quality_plots``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from fiqa.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+#: W&B summary of the metrics a protocol logs: ``{protocol: {glob under val/<set>/: "min" | "max"}}``.
+#: ``{prefix}`` is the ERC protocols' metric prefix (``prefix``, else by ``mode``: ``edc`` for fixed).
+PROTOCOL_SUMMARIES: dict[str, dict[str, str]] = {
+    "fiqa.eval.protocols.verification": {"acc": "max", "val@*": "max"},
+    "fiqa.eval.protocols.quality_vs_degradation": {"quality_spearman": "min"},  # -1: quality tracks degradation
+    "fiqa.eval.protocols.reject_fnmr": {"fnmr@*": "min"},
+    "fiqa.eval.erc.erc_pairs": {"{prefix}_*": "min"},
+    "fiqa.eval.erc.erc_images": {"{prefix}_*": "min"},
+    "fiqa.eval.protocols.ijb": {
+        "tar@*": "max",
+        "tar_strict@*": "max",
+        "roc_auc": "max",
+        "rank*": "max",
+        "tpir*": "max",
+        "erc_*": "min",
+    },
+    "fiqa.eval.protocols_lq.tinyface": {"rank*": "max", "dir@*": "max"},
+    "fiqa.eval.protocols_lq.scface": {"rank*": "max"},
+}
+#: Run-level metrics (``fiqa.methods.base.FaceModule.on_validation_epoch_end``).
+RUN_SUMMARIES = {"val/acc_mean": "max"}
+#: The x axis Lightning's WandbLogger gives every metric.
+STEP_METRIC = "trainer/global_step"
+_ERC_PREFIX = {
+    "fiqa.eval.erc.erc_pairs": {"recompute_nearest": "erc", "recompute_index": "erc_index", "fixed": "edc"},
+    "fiqa.eval.erc.erc_images": {"recompute_nearest": "erc_image", "recompute_index": "erc_image_index"},
+}
+
+
+def _name(fn) -> tuple[str, dict]:
+    """``(module.function, keyword arguments)`` of a protocol (a ``functools.partial`` or a function)."""
+    kw = dict(getattr(fn, "keywords", None) or {})
+    fn = getattr(fn, "func", fn)
+    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__name__)}", kw
+
+
+def summary_metrics(val_sets: Mapping[str, Mapping]) -> dict[str, str]:
+    """``{metric name or glob: "min" | "max"}`` for the val sets ``{name: {"protocols": {key: protocol}}}``
+    (``FaceModule.val_sets``, the view ``fiqa.tasks.build.build_val`` makes of ``cfg.val``)."""
+    out = {}
+    for set_name, spec in val_sets.items():
+        for key, protocol in (spec.get("protocols") or {}).items():
+            target, kw = _name(protocol)
+            patterns = PROTOCOL_SUMMARIES.get(target)
+            if patterns is None:
+                log.debug(f"W&B: val.{set_name}.protocols.{key} ({target}) has no summary goals; W&B keeps the last")
+                continue
+            modes = _ERC_PREFIX.get(target, {})
+            prefix = kw.get("prefix") or modes.get(kw.get("mode", "recompute_nearest"), "erc")
+            for pattern, goal in patterns.items():
+                out[f"val/{set_name}/{pattern.format(prefix=prefix)}"] = goal
+    if val_sets:
+        out.update(RUN_SUMMARIES)
+    return out
+
+
+def define_summaries(run, val_sets: Mapping[str, Mapping], step_metric: str | None = STEP_METRIC) -> dict[str, str]:
+    """``run.define_metric(name, summary=goal, step_metric=...)`` for every entry of
+    :func:`summary_metrics` (globs included); returns them."""
+    metrics = summary_metrics(val_sets)
+    for name, goal in metrics.items():
+        run.define_metric(name, step_metric=step_metric, summary=goal)
+    return metrics
+
+
+# ---- identity: run name, group, tags ------------------------------------------------------------
+def run_identity(cfg: Mapping | None = None) -> dict[str, Any]:
+    """``{method, backbone, data, task, sweep, job}`` of this run: the chosen config options (Hydra's
+    ``runtime.choices``), the sweep directory's name and the job number (multirun only, else None)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    out: dict[str, Any] = {"method": None, "backbone": None, "data": None, "task": None, "sweep": None, "job": None}
+    if cfg is not None:
+        out["task"] = cfg.get("task")
+    if not HydraConfig.initialized():
+        return out
+    hc = HydraConfig.get()
+    choices = hc.runtime.choices
+    for key in ("method", "backbone", "data"):
+        out[key] = choices.get(key)
+    if hc.mode == RunMode.MULTIRUN:
+        out["sweep"] = Path(hc.sweep.dir).name
+        out["job"] = int(hc.job.num)
+    return out
+
+
+def logger_kwargs(cfg, node: Mapping) -> dict[str, Any]:
+    """Keyword arguments for a ``WandbLogger`` config ``node`` that leaves them open (null / absent):
+    ``offline``, ``group``, ``name`` (the job number appended in a multirun), ``job_type`` and ``tags``."""
+    ident = run_identity(cfg)
+    kw: dict[str, Any] = {}
+    if node.get("offline") is None:  # offline without a key: no network needed, `wandb sync` later
+        kw["offline"] = not os.environ.get("WANDB_API_KEY")
+    if node.get("group") is None and ident["sweep"] is not None:
+        kw["group"] = ident["sweep"]
+    if ident["job"] is not None:
+        kw["name"] = f"{node.get('name') or cfg.get('run_name')}-{ident['job']}"
+    if node.get("job_type") is None and ident["task"]:
+        kw["job_type"] = str(ident["task"])
+    tags = [str(t) for t in (node.get("tags") or [])]
+    tags += [f"{k}:{ident[k]}" for k in ("method", "backbone", "data", "task") if ident[k] is not None]
+    kw["tags"] = list(dict.fromkeys(t[:64] for t in tags))  # W&B: at most 64 characters a tag
+    return kw
+
+
+class WandbSetup(L.Callback):
+    """Rank 0, at the first ``setup`` (fit or validate): for every ``WandbLogger`` of the trainer, the
+    run identity and the resolved config into the W&B config, and :func:`define_summaries` of the
+    model's val sets. No-op without a ``WandbLogger``."""
+
+    def __init__(self, task: str | None = None, config_key: str = "run"):
+        self.config_key = config_key
+        self.identity = run_identity({"task": task})  # here, in the launching process, where Hydra's config is known
+        self.defined: dict[str, str] = {}
+        self._done: set = set()
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        from lightning.pytorch.loggers import WandbLogger
+
+        from fiqa.callbacks.store_config import StoreConfig
+
+        stored = next((cb.config for cb in trainer.callbacks if isinstance(cb, StoreConfig)), None)
+        for logger in trainer.loggers:
+            if not isinstance(logger, WandbLogger) or id(logger) in self._done:
+                continue
+            run = logger.experiment
+            update = {self.config_key: self.identity}
+            if stored is not None:
+                update["config"] = stored
+            run.config.update(update, allow_val_change=True)
+            self.defined = define_summaries(run, getattr(pl_module, "val_sets", {}) or {})
+            self._done.add(id(logger))
