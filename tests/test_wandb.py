@@ -187,6 +187,32 @@ def test_define_summaries_on_an_offline_run(tmp_path):
     assert got["summary"]["val/lfw/acc_std"] == 0.02  # no goal: the last value
 
 
+def test_goal_of_prefers_the_exact_name_then_the_longest_glob():
+    goals = {"val/a/acc": "max", "val/a/*": "max", "val/a/erc_*": "min", "val/acc_mean": "max"}
+    assert W.goal_of("val/a/acc", goals) == "max"
+    assert W.goal_of("val/a/erc_auc_fmr1e-3", goals) == "min"  # both globs match: the longer wins
+    assert W.goal_of("val/a/other", goals) == "max" and W.goal_of("train/loss", goals) is None
+
+
+@pytest.mark.parametrize("repeat", range(3))
+def test_our_logger_keeps_glob_summaries_despite_lightnings_star(tmp_path, repeat):
+    """Lightning's WandbLogger declares the glob '*'; W&B then applies either that or our 'erc_*' glob
+    at random. Ours declares exact names at first log, so the min/max summaries always hold."""
+    logger = W.WandbLogger(project="fiqa-test", save_dir=str(tmp_path), offline=True, mode="offline",
+                           summaries={"val/lfw/acc": "max", "val/lfw/erc_*": "min"})  # fmt: skip
+    try:
+        for step, (acc, auc) in enumerate([(0.6, 0.30), (0.9, 0.10), (0.7, 0.20)]):
+            logger.log_metrics({"val/lfw/acc": acc, "val/lfw/erc_auc_fmr1e-3": auc, "val/lfw/n": step}, step=step)
+        run_dir = Path(logger.experiment.dir).parent
+    finally:
+        logger.experiment.finish()
+    got = read_run(run_dir)
+    assert got["metrics"]["*"] == set() and got["metrics"]["val/lfw/erc_auc_fmr1e-3"] == {"min"}
+    assert got["summary"]["val/lfw/acc"] == {"max": 0.9}
+    assert got["summary"]["val/lfw/erc_auc_fmr1e-3"] == {"min": 0.1}
+    assert got["summary"]["val/lfw/n"] == 2  # no goal: the last value
+
+
 def test_logger_kwargs_single_run_and_multirun(tmp_path, monkeypatch):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -231,8 +257,10 @@ def test_main_logs_a_grouped_dashboard_offline(tmp_path):
     assert ident == {"method": "crfiqa", "backbone": "iresnet_tiny", "data": "synthface", "task": "train",
                      "sweep": None, "job": None}  # fmt: skip
     assert got["config"]["config"]["task"] == "train" and "head" in got["config"]["config"]  # the resolved config
-    assert got["metrics"]["val/synth/acc"] == {"max"} and got["metrics"]["val/synth/erc_*"] == {"min"}
+    # declared under their exact names (Lightning's '*' glob would compete with ours at random)
+    assert got["metrics"]["val/synth/acc"] == {"max"} and got["metrics"]["val/synth/erc_auc_fmr1e-2"] == {"min"}
     assert got["metrics"]["val/synth/quality_spearman"] == {"min"} and got["metrics"]["val/acc_mean"] == {"max"}
+    assert not any("*" in k for k in got["metrics"] if k != "*")
     accs = [h["val/synth/acc"] for h in got["history"] if "val/synth/acc" in h]
     aucs = [h["val/synth/erc_auc_fmr1e-2"] for h in got["history"] if "val/synth/erc_auc_fmr1e-2" in h]
     assert len(accs) == 2 and got["summary"]["val/synth/acc"]["max"] == max(accs)

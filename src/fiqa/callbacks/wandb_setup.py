@@ -21,12 +21,15 @@ from the validation callback (``fiqa.callbacks.quality_plots``).
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from fiqa.utils.logging import get_logger
 
@@ -97,6 +100,38 @@ def define_summaries(run, val_sets: Mapping[str, Mapping], step_metric: str | No
     return metrics
 
 
+def goal_of(metric: str, summaries: Mapping[str, str]) -> str | None:
+    """The goal of ``metric`` in :func:`summary_metrics`' ``{name or glob: goal}``: its own entry, else
+    that of the longest (most specific) glob matching it; ``None`` when none does."""
+    if metric in summaries:
+        return summaries[metric]
+    hits = [p for p in summaries if "*" in p and fnmatch.fnmatchcase(metric, p)]
+    return summaries[max(hits, key=len)] if hits else None
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's ``WandbLogger`` that declares each metric's summary under its exact name just before
+    the metric is first logged (``logger=wandb`` uses it). Lightning declares the glob ``*`` (for the
+    step axis), and when two globs match a metric W&B picks either at random (seen here: a ``val/x/erc_*``
+    min summary held in 2 of 6 runs), so globs cannot carry the summaries. ``summaries`` is
+    ``{name or glob: "min" | "max"}`` (:func:`summary_metrics`, set by :class:`WandbSetup`)."""
+
+    def __init__(self, *args, summaries: Mapping[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.summaries: dict[str, str] = dict(summaries or {})
+        self._declared: set[str] = set()
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        for name in metrics:
+            if name not in self._declared:
+                goal = goal_of(name, self.summaries)
+                if goal is not None:
+                    self.experiment.define_metric(name, step_metric=STEP_METRIC, summary=goal)
+                self._declared.add(name)
+        super().log_metrics(metrics, step)
+
+
 # ---- identity: run name, group, tags ------------------------------------------------------------
 def run_identity(cfg: Mapping | None = None) -> dict[str, Any]:
     """``{method, backbone, data, task, sweep, job}`` of this run: the chosen config options (Hydra's
@@ -152,18 +187,20 @@ class WandbSetup(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not trainer.is_global_zero:
             return
-        from lightning.pytorch.loggers import WandbLogger
-
         from fiqa.callbacks.store_config import StoreConfig
 
         stored = next((cb.config for cb in trainer.callbacks if isinstance(cb, StoreConfig)), None)
         for logger in trainer.loggers:
-            if not isinstance(logger, WandbLogger) or id(logger) in self._done:
+            if not isinstance(logger, LightningWandbLogger) or id(logger) in self._done:
                 continue
             run = logger.experiment
             update = {self.config_key: self.identity}
             if stored is not None:
                 update["config"] = stored
             run.config.update(update, allow_val_change=True)
-            self.defined = define_summaries(run, getattr(pl_module, "val_sets", {}) or {})
+            val_sets = getattr(pl_module, "val_sets", {}) or {}
+            if isinstance(logger, WandbLogger):  # ours: exact names at first log (see the class)
+                logger.summaries = self.defined = summary_metrics(val_sets)
+            else:  # Lightning's own: globs (W&B may prefer Lightning's '*' glob for some metrics)
+                self.defined = define_summaries(run, val_sets)
             self._done.add(id(logger))
