@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fiqa.heads.adaface import AdaFaceHead
+from fiqa.heads.partial_fc import all_gather_rows, gather_sizes
 
 GATES = ("sgn", "cos", "linear")
 SELECTS = ("low", "mean", "high")
@@ -202,19 +203,11 @@ def contrastive_loss(
 
 
 def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
-    """The rows of ``x`` from every rank, in rank order (``torch.distributed``; ``x`` itself in one
-    process). Ranks may hold different numbers of rows."""
+    """The rows of ``x`` from every rank, in rank order, without gradient (``torch.distributed``; ``x``
+    itself in one process). Ranks may hold different numbers of rows."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    world = dist.get_world_size()
-    n = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    rows = max(int(v) for v in sizes)
-    padded = torch.cat([x, x.new_zeros((rows - x.shape[0], *x.shape[1:]))]) if rows > x.shape[0] else x
-    out = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(out, padded.contiguous())
-    return torch.cat([o[: int(v)] for o, v in zip(out, sizes)])
+    return all_gather_rows(x, gather_sizes(x.shape[0], x.device))
 
 
 @dataclass
