@@ -33,6 +33,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from torch._dynamo.utils import counters as dynamo_counters
 
 from fiqa.tasks.build import build_method, compile_backbone
 
@@ -82,7 +83,7 @@ def fixed_batch(batch: int, num_classes: int, device: torch.device) -> dict:
     }
 
 
-def fiqa_step_rate(args, backbone: str, batch: int, compiled: bool, device: torch.device) -> float:
+def fiqa_step_rate(args, backbone: str, batch: int, compiled: str, device: torch.device) -> float:
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(
             config_name="config",
@@ -96,7 +97,11 @@ def fiqa_step_rate(args, backbone: str, batch: int, compiled: bool, device: torc
         )
     torch.manual_seed(0)
     method = build_method(cfg, {})
-    compile_backbone(method, compiled)
+    # each compiled run starts from a clean dynamo state: another batch size compiled earlier in this
+    # process would otherwise count as a recompile of the same code (and the limit is 8 per code object)
+    torch._dynamo.reset()
+    dynamo_counters.clear()
+    compile_backbone(method, compiled)  # off | on | a torch.compile mode, as trainer.compile
     timer = StepTimer(args.warmup, device)
     trainer = L.Trainer(
         accelerator=device.type if device.type != "cuda" else "gpu",
@@ -115,6 +120,9 @@ def fiqa_step_rate(args, backbone: str, batch: int, compiled: bool, device: torc
     )
     data = Repeat(fixed_batch(batch, args.num_classes, device), args.warmup + args.steps)
     trainer.fit(method, train_dataloaders=data)
+    graphs, breaks = dynamo_counters["stats"]["unique_graphs"], sum(dynamo_counters["graph_break"].values())
+    if compiled != "off":
+        print(f"  dynamo: {graphs} graph(s), {breaks} graph break(s)")
     return batch * args.steps / (timer.t1 - timer.t0)
 
 
@@ -122,6 +130,7 @@ def reference_step_rate(args, backbone: str, batch: int, device: torch.device) -
     from fiqa.backbones import iresnet
 
     torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = True  # as train_v2.py (the fiqa side: Trainer(benchmark=True))
     net = getattr(iresnet, backbone)().to(device).train()
     weight = torch.nn.Parameter(torch.empty(args.num_classes, net.embedding_dim, device=device).normal_(0, 0.01))
     opt = torch.optim.SGD([{"params": net.parameters()}, {"params": [weight]}], lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -170,7 +179,7 @@ def main() -> None:
         choices=["fp16", "bf16", "none"],
         help="the reference's autocast (default: fp16 on CUDA, none on CPU)",
     )
-    ap.add_argument("--compile", default="off,on", help="fiqa runs: off, on or off,on")
+    ap.add_argument("--compile", default="off,on", help="fiqa runs, comma-separated: off, on or a torch.compile mode")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--steps", type=int, default=30)
     args = ap.parse_args()
@@ -198,8 +207,11 @@ def main() -> None:
                 ref = math.nan
             for mode in args.compile.split(","):
                 try:
-                    ours = fiqa_step_rate(args, backbone, batch, mode == "on", device)
+                    ours = fiqa_step_rate(args, backbone, batch, mode, device)
                 except torch.OutOfMemoryError:
+                    ours = math.nan
+                except Exception as err:  # a compile mode that fails here: the row says so, the table goes on
+                    print(f"  {backbone} batch {batch} compile {mode}: failed: {type(err).__name__}: {err}")
                     ours = math.nan
                 rows.append((backbone, batch, mode, ours, ref))
                 print(

@@ -92,3 +92,33 @@ def test_compiled_backbone_trains_and_checkpoints_load(tmp_path):
     assert not any("_orig_mod" in k for k in keys)
     run_main("task=eval", f"ckpt_path={ckpt}", *TINY_VAL, "trainer=cpu", f"hydra.run.dir={tmp_path}/eval")
     assert "val/synth/acc" in read_metrics(tmp_path / "eval")
+
+
+@pytest.mark.slow
+def test_compiled_backbone_keeps_one_static_graph_per_training_batch_and_evaluates_eager():
+    """trainer.compile: every training batch size gets its own static graph (dynamo's default would turn
+    the batch dimension symbolic at the second size, and that slower graph would then serve every size),
+    without graph breaks under autocast; evaluation runs eager and compiles nothing; the outputs equal the
+    eager backbone's."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    bb = tiny_backbone()
+    model = CRFIQA(bb, ArcFaceHead(num_classes=5, embedding_dim=32), optim={}, val_sets={}, channels_last=False)
+    compile_backbone(model, True)
+    model.train()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # as under trainer.precision=bf16-mixed
+        for b in (2, 3, 4):
+            model.embed(torch.randn(b, 3, 112, 112))
+    assert counters["stats"]["unique_graphs"] == 3  # with dynamic shapes: 2 (the size-4 call reuses the symbolic one)
+    # and one graph per call: the float32 tail's autocast switch does not break it (torch 2.11 could not
+    # trace torch.amp.is_autocast_available, and broke the graph there)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    model.eval()
+    x = torch.randn(5, 3, 112, 112)
+    with torch.no_grad():
+        got = model.embed(x).embedding
+        want = model.backbone.forward(x).embedding  # the plain module, no compile involved
+    assert counters["stats"]["unique_graphs"] == 3
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

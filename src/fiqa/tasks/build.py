@@ -241,13 +241,19 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 def compile_backbone(method: FaceModule, option: Any) -> None:
     """``trainer.compile``: false | true | one of :data:`COMPILE_MODES`. Compiles the backbone in place
     (``nn.Module.compile``: parameter names and checkpoints stay as they are); the heads, the quality
-    heads and the losses stay eager (small, float32, data-dependent shapes under Partial FC)."""
+    heads and the losses stay eager (small, float32, data-dependent shapes under Partial FC).
+
+    The graph is specialised to the training batch (``dynamic=False``; the train loader drops its last
+    batch, so there is one shape). With dynamo's default, a second batch size (another run in the same
+    process, or an evaluation batch) turns the batch dimension symbolic, and the symbolic graph, which
+    then serves training too, loses the layout and fusion choices that make compile pay. Evaluation runs
+    the backbone eager (:meth:`FaceModule.embed`), so it neither recompiles nor replaces that graph."""
     if option is None or option is False or str(option).lower() in ("false", "none", "off"):
         return
     mode = "default" if option is True or str(option).lower() in ("true", "on") else str(option)
     if mode not in COMPILE_MODES:
         raise ValueError(f"trainer.compile={option!r} is not valid; choose false, true or one of {list(COMPILE_MODES)}")
-    method.backbone.compile(mode=mode)
+    method.backbone.compile(mode=mode, dynamic=False)
     log.info(f"trainer.compile: backbone compiled with torch.compile(mode={mode!r}); the first steps are slow")
 
 

@@ -18,6 +18,9 @@ def full_precision(like: torch.Tensor | torch.device | str) -> contextlib.Abstra
     """A context in which autocast is off on ``like``'s device type (tensors inside stay float32
     when their inputs are cast with ``.float()``); a no-op on devices without autocast (``meta``)."""
     device_type = like.device.type if isinstance(like, torch.Tensor) else torch.device(like).type
-    if not torch.amp.is_autocast_available(device_type):
+    # is_autocast_available is a builtin that torch 2.11's dynamo cannot trace: under torch.compile it
+    # broke the backbone's graph at its tail (a resumed frame that recompiled at every call, seen on an
+    # H100). A traced backbone runs on a real device, so the check is only needed eagerly.
+    if not torch.compiler.is_compiling() and not torch.amp.is_autocast_available(device_type):
         return contextlib.nullcontext()
     return torch.autocast(device_type, enabled=False)
