@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fiqa.backbones.base import TrunkTailBackbone
-from fiqa.backbones.ir import IRBlock, check_stages
+from fiqa.backbones.ir import IRBlock, ir_stem
 
 EQFACE_LAYERS = {34: (3, 4, 6, 3), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3), 152: (3, 8, 36, 3)}
 
@@ -42,17 +42,8 @@ class EQFaceResNet(TrunkTailBackbone):
         bn_momentum: float = 0.1,
     ) -> None:
         super().__init__()
-        layers, widths, side = check_stages(layers, widths, input_size)
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"backbone.dropout must be in [0, 1), got {dropout}")
         bn = {"eps": bn_eps, "momentum": bn_momentum}
-        self.embedding_dim = int(embedding_dim)
-        self.map_shape = (widths[-1], side, side)
-        self.feature_dim = widths[-1] * side * side
-
-        self.input_layer = nn.Sequential(
-            nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0], **bn), nn.PReLU(widths[0])
-        )
+        layers, widths, _ = ir_stem(self, layers, widths, embedding_dim, input_size, dropout, bn)
         in_planes = widths[0]
         for i, (planes, n) in enumerate(zip(widths, layers), start=1):
             units = [IRBlock(in_planes, planes, 2, "conv", bn_eps, bn_momentum)]

@@ -94,6 +94,30 @@ def check_stages(layers: Sequence[int], widths: Sequence[int], input_size: int) 
     return layers, widths, side
 
 
+def ir_stem(
+    net: nn.Module,
+    layers: Sequence[int],
+    widths: Sequence[int],
+    embedding_dim: int,
+    input_size: int,
+    dropout: float,
+    bn: dict,
+) -> tuple[list, list, int]:
+    """What AdaFace's IR and EQFace's ResNet share: the checked stages and dropout, ``net``'s
+    ``embedding_dim``, ``map_shape`` and ``feature_dim``, and its ``input_layer`` (Conv2d 3x3, BN2d,
+    PReLU). Returns (layers, widths, side of the final map)."""
+    layers, widths, side = check_stages(layers, widths, input_size)
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"backbone.dropout must be in [0, 1), got {dropout}")
+    net.embedding_dim = int(embedding_dim)
+    net.map_shape = (widths[-1], side, side)
+    net.feature_dim = widths[-1] * side * side
+    net.input_layer = nn.Sequential(
+        nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0], **bn), nn.PReLU(widths[0])
+    )
+    return layers, widths, side
+
+
 class IR(TrunkTailBackbone):
     """AdaFace's IR backbone (see the module docstring) as a :class:`TrunkTailBackbone`.
 
@@ -115,17 +139,8 @@ class IR(TrunkTailBackbone):
         bn_momentum: float = 0.1,
     ) -> None:
         super().__init__()
-        layers, widths, side = check_stages(layers, widths, input_size)
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"backbone.dropout must be in [0, 1), got {dropout}")
         bn = {"eps": bn_eps, "momentum": bn_momentum}
-        self.embedding_dim = int(embedding_dim)
-        self.map_shape = (widths[-1], side, side)
-        self.feature_dim = widths[-1] * side * side
-
-        self.input_layer = nn.Sequential(
-            nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0], **bn), nn.PReLU(widths[0])
-        )
+        layers, widths, _ = ir_stem(self, layers, widths, embedding_dim, input_size, dropout, bn)
         self.output_layer = nn.Sequential(
             nn.BatchNorm2d(widths[-1], **bn),
             nn.Dropout(float(dropout)),

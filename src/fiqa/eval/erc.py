@@ -67,32 +67,13 @@ DEFAULT_FMRS = (1e-2, 1e-3, 1e-4)
 PAUC_LIMITS = (0.2, 0.3)
 MODES = ("recompute_nearest", "recompute_index", "fixed")
 SCORE_KINDS = ("cosine", "similarity", "distance")
-REDUCTIONS = ("min", "mean", "product", "max")
+REDUCTIONS, pair_quality = qm.REDUCTIONS, qm.pair_quality  # one implementation; exported here too
 _FNMR_AT = (0.0, 0.1, 0.2, 0.3)
 _TOL = 1e-9  # a grid value within this of 0.3 is 0.3 (np.arange gives 0.30000000000000004)
 _TAIL_SLACK = 32  # impostors kept beyond max(fmrs) * n_imp, before a retry is needed
 _BUCKETS = 1 << 16  # quality buckets of _SegMap (used from 4 * _BUCKETS pairs on)
 _MERGED_MAX = 1 << 18  # _Parts storing at most this many values answer from one merged index
 _CUT_MEMBERS = 1 << 14  # _SegMap sorts the qualities instead when its cut buckets hold more (and > 1/8)
-
-
-def pair_quality(q1, q2=None, reduce: str = "min") -> np.ndarray:
-    """Pair quality from the two images' qualities: ``min`` (CR-FIQA, MagFace, ISO; default),
-    ``mean``, ``product`` (for non-negative qualities) or ``max`` (when the score is an uncertainty,
-    as PFE). With ``q2=None``, ``q1`` is interleaved (2P,): pair ``p`` is rows ``2p`` and ``2p+1``."""
-    a = np.asarray(q1, dtype=np.float64)
-    if q2 is None:
-        if a.ndim != 1 or a.size % 2:
-            raise ValueError(f"interleaved qualities must be 1-D of even length (2P,), got shape {a.shape}")
-        a, b = a[0::2], a[1::2]
-    else:
-        b = np.asarray(q2, dtype=np.float64)
-        if a.ndim != 1 or a.shape != b.shape:
-            raise ValueError(f"q1 and q2 must be 1-D of the same length, got {a.shape} and {b.shape}")
-    ops = {"min": np.minimum, "mean": lambda x, y: (x + y) / 2, "product": np.multiply, "max": np.maximum}
-    if reduce not in ops:
-        raise ValueError(f"reduce must be one of {list(REDUCTIONS)}, got {reduce!r}")
-    return ops[reduce](a, b)
 
 
 def to_distance(scores, score_kind: str = "cosine") -> np.ndarray:

@@ -76,18 +76,26 @@ def pair_scores(embeddings) -> np.ndarray:
     return np.sum(e[0::2] * e[1::2], axis=1)
 
 
-def pair_quality(q, reduce: str = "min") -> np.ndarray:
-    """The pair quality of an interleaved (2P,) per-image quality array: (P,).
+REDUCTIONS = ("min", "mean", "product", "max")
 
-    ``reduce`` is "min" (the CR-FIQA/MagFace/ISO convention and the default), "max" or "mean".
-    """
-    q = _pairs_2p(q, "q")
-    if q.ndim != 1:
-        raise ValueError(f"q must be 1-D (2P,), got shape {q.shape}")
-    ops = {"min": np.minimum, "max": np.maximum, "mean": lambda a, b: (a + b) / 2}
+
+def pair_quality(q1, q2=None, reduce: str = "min") -> np.ndarray:
+    """Pair quality from the two images' qualities: ``min`` (CR-FIQA, MagFace, ISO; default),
+    ``mean``, ``product`` (for non-negative qualities) or ``max`` (when the score is an uncertainty,
+    as PFE). With ``q2=None``, ``q1`` is interleaved (2P,): pair ``p`` is rows ``2p`` and ``2p+1``."""
+    a = np.asarray(q1, dtype=np.float64)
+    if q2 is None:
+        if a.ndim != 1 or a.size % 2:
+            raise ValueError(f"interleaved qualities must be 1-D of even length (2P,), got shape {a.shape}")
+        a, b = a[0::2], a[1::2]
+    else:
+        b = np.asarray(q2, dtype=np.float64)
+        if a.ndim != 1 or a.shape != b.shape:
+            raise ValueError(f"q1 and q2 must be 1-D of the same length, got {a.shape} and {b.shape}")
+    ops = {"min": np.minimum, "mean": lambda x, y: (x + y) / 2, "product": np.multiply, "max": np.maximum}
     if reduce not in ops:
-        raise ValueError(f"reduce must be one of {sorted(ops)}, got {reduce!r}")
-    return ops[reduce](q[0::2], q[1::2])
+        raise ValueError(f"reduce must be one of {list(REDUCTIONS)}, got {reduce!r}")
+    return ops[reduce](a, b)
 
 
 def fmr_threshold(impostor_scores, fmr: float) -> float:
