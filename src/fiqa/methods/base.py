@@ -21,6 +21,7 @@ from torch import nn
 
 from fiqa.heads import partial_fc
 from fiqa.types import BackboneOutput, FaceOutput
+from fiqa.utils.launch import release_spawned_process_group_at_exit
 from fiqa.utils.logging import get_logger
 from fiqa.utils.precision import full_precision
 
@@ -58,6 +59,9 @@ class FaceModule(L.LightningModule):
     quality_head: an optional module on the embedding (CR-FIQA ...).
     channels_last: run the backbone in channels-last memory format (faster on CPU and GPU).
     """
+
+    #: set by ``trainer.compile`` (:func:`fiqa.tasks.build.compile_backbone`): evaluation then runs eager
+    compiled_backbone: bool = False
 
     def __init__(
         self,
@@ -109,7 +113,7 @@ class FaceModule(L.LightningModule):
         would otherwise recompile it and make its graph dynamic (:func:`fiqa.tasks.build.compile_backbone`)."""
         if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        if self.training or torch.compiler.is_compiling():
+        if self.training or not self.compiled_backbone or torch.compiler.is_compiling():
             return self.backbone(images)
         with torch.compiler.set_stance("force_eager"):
             return self.backbone(images)
@@ -122,6 +126,7 @@ class FaceModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         """Shards a Partial FC head over the ranks (the process group is up now, DDP not yet wrapped)."""
         partial_fc.setup_module(self)
+        release_spawned_process_group_at_exit()  # trainer=ddp_sim: see there
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Lightning's clipping, except by norm with a sharded head: the norm over all ranks' shards."""

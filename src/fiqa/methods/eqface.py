@@ -137,6 +137,7 @@ class EQFace(FaceModule):
     def setup(self, stage: str) -> None:
         """Training starts from the earlier step's weights; resuming (``ckpt_path``) overwrites them
         afterwards with the run's own, so the file of the earlier step must still exist."""
+        super().setup(stage)
         if stage != "fit":
             return
         if self.step == 2:

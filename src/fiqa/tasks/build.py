@@ -254,6 +254,7 @@ def compile_backbone(method: FaceModule, option: Any) -> None:
     if mode not in COMPILE_MODES:
         raise ValueError(f"trainer.compile={option!r} is not valid; choose false, true or one of {list(COMPILE_MODES)}")
     method.backbone.compile(mode=mode, dynamic=False)
+    method.compiled_backbone = True
     log.info(f"trainer.compile: backbone compiled with torch.compile(mode={mode!r}); the first steps are slow")
 
 

@@ -18,7 +18,9 @@ once and every task of every job reads it back (Hydra copies the resolved time s
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
+import multiprocessing
 import os
 from collections.abc import MutableMapping, Sequence
 from datetime import datetime, timedelta
@@ -88,3 +90,36 @@ def prepare(argv: Sequence[str], env: MutableMapping[str, str] = os.environ) -> 
     rid = run_id(env)
     if rid is not None:
         env[RUN_ID] = rid
+
+
+_released_at_exit = False
+
+
+def release_spawned_process_group_at_exit() -> None:
+    """In a process Lightning spawned for DDP over gloo (``trainer=ddp_sim``), destroy the process group
+    at exit, after a barrier. Left to interpreter shutdown, gloo's threads sometimes abort the finished
+    process ("terminate called without an active exception", SIGABRT) and Lightning then fails the run
+    that had succeeded. At exit, not in a hook: Lightning's launcher still gathers the state dict (a
+    collective under Partial FC) after the trainer's last hook. Processes started by torchrun or srun are
+    not multiprocessing children and keep their group as it is."""
+    global _released_at_exit
+    import torch.distributed as dist
+
+    if _released_at_exit or multiprocessing.parent_process() is None:
+        return
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_backend() != "gloo":
+        return
+    _released_at_exit = True
+    atexit.register(_destroy_process_group)
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    try:
+        dist.monitored_barrier(timeout=timedelta(seconds=60))  # every rank is past its collectives
+        dist.destroy_process_group()
+    except Exception as err:  # a peer that died first: nothing left to release cleanly
+        print(f"fiqa: the process group was not released at exit ({type(err).__name__}: {err})", flush=True)
