@@ -11,6 +11,7 @@ import numpy as np
 
 from fiqa.eval import quality_metrics as qm
 from fiqa.eval.erc import ERCResult, erc, pair_quality
+from fiqa.eval.report import _plt, _save
 
 __all__ = ["compare_sources", "plot_erc", "rows_of", "write_tables"]
 
@@ -75,12 +76,7 @@ def write_tables(rows: list[dict], out_dir: Path, stem: str = "compare") -> tupl
 
 def plot_erc(results: Mapping[str, ERCResult], fmr_index: int, path: Path, title: str = "") -> Path:
     """FNMR vs the fraction of pairs rejected, one line per source, for one FMR."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.2, 3.8), dpi=110)
+    fig, ax = _plt().subplots(figsize=(5.2, 3.8), dpi=110)
     for name, r in sorted(results.items(), key=lambda kv: kv[1].auc[fmr_index]):
         ax.plot(r.reject, r.fnmr[:, fmr_index], marker=".", label=f"{name} (AUC {r.auc[fmr_index]:.4f})")
     fmr = next(iter(results.values())).fmrs[fmr_index] if results else float("nan")
@@ -89,9 +85,4 @@ def plot_erc(results: Mapping[str, ERCResult], fmr_index: int, path: Path, title
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
