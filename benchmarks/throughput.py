@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py                       # GPU: iresnet50/100 x batch 128/256/512
     python benchmarks/throughput.py --device cpu --backbones iresnet18 --batches 32 --steps 4
+    python benchmarks/throughput.py --backbones iresnet100 --batches 128 --profile 20   # + top kernels
 
 Both sides train the same iResNet with an ArcFace head on ``--num-classes`` identities (default
 85,742 = MS1MV2) on one fixed random batch held on the device (arcface_torch's "synthetic" data: the
@@ -34,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from torch._dynamo.utils import counters as dynamo_counters
+from torch.autograd import DeviceType
 
 from fiqa.tasks.build import build_method, compile_backbone
 
@@ -46,10 +48,10 @@ def sync(device: torch.device) -> None:
 
 
 class StepTimer(L.Callback):
-    """Wall time from the start of step ``warmup`` to the end of the last step."""
+    """Wall time from the start of step ``warmup`` to the end of step ``warmup + steps - 1``."""
 
-    def __init__(self, warmup: int, device: torch.device):
-        self.warmup, self.device, self.t0, self.t1 = warmup, device, None, None
+    def __init__(self, warmup: int, steps: int, device: torch.device):
+        self.warmup, self.last, self.device, self.t0, self.t1 = warmup, warmup + steps - 1, device, None, None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.warmup:
@@ -57,8 +59,46 @@ class StepTimer(L.Callback):
             self.t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == self.last:
+            sync(self.device)
+            self.t1 = time.perf_counter()
+
+
+class KernelProfile(L.Callback):
+    """``torch.profiler`` over ``steps`` steps from step ``start`` (after the timed ones): prints the
+    ``top`` operators by their own device time, and the GPU kernel time per step against the wall time
+    (kernels far below the timed step: the GPU waits on the host, i.e. on Python, launches, syncs)."""
+
+    def __init__(self, start: int, steps: int, top: int, device: torch.device):
+        self.start, self.stop, self.top, self.device, self.prof, self.t0 = start, start + steps - 1, top, device, None, 0.0
+        self.steps = steps
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.start:
+            acts = [torch.profiler.ProfilerActivity.CPU]
+            if self.device.type == "cuda":
+                acts.append(torch.profiler.ProfilerActivity.CUDA)
+            sync(self.device)
+            self.prof = torch.profiler.profile(activities=acts)
+            self.prof.__enter__()
+            self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx != self.stop or self.prof is None:
+            return
         sync(self.device)
-        self.t1 = time.perf_counter()
+        wall = (time.perf_counter() - self.t0) / self.steps * 1e3
+        self.prof.__exit__(None, None, None)
+        events = self.prof.key_averages()
+        if self.device.type == "cuda":  # kernels only (as the table's footer): no user annotations
+            sort = "self_device_time_total"
+            kernels = (e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation)
+            busy = sum(e.self_device_time_total for e in kernels) / self.steps / 1e3
+            print(f"  profile: GPU kernels {busy:.1f} ms per step, wall {wall:.1f} ms per step under the profiler")
+        else:
+            sort = "self_cpu_time_total"
+            print(f"  profile: wall {wall:.1f} ms per step under the profiler")
+        print(events.table(sort_by=sort, row_limit=self.top, max_name_column_width=60))
 
 
 class Repeat:
@@ -102,12 +142,16 @@ def fiqa_step_rate(args, backbone: str, batch: int, compiled: str, device: torch
     torch._dynamo.reset()
     dynamo_counters.clear()
     compile_backbone(method, compiled)  # off | on | a torch.compile mode, as trainer.compile
-    timer = StepTimer(args.warmup, device)
+    timer = StepTimer(args.warmup, args.steps, device)
+    callbacks = [timer]
+    if args.profile:  # extra steps after the timed ones, so the profiler's overhead stays out of the figure
+        callbacks.append(KernelProfile(args.warmup + args.steps, args.profile_steps, args.profile, device))
+    total = args.warmup + args.steps + (args.profile_steps if args.profile else 0)
     trainer = L.Trainer(
         accelerator=device.type if device.type != "cuda" else "gpu",
         devices=1,
         precision=args.precision,
-        max_steps=args.warmup + args.steps,
+        max_steps=total,
         gradient_clip_val=5.0,
         logger=False,
         enable_checkpointing=False,
@@ -115,10 +159,10 @@ def fiqa_step_rate(args, backbone: str, batch: int, compiled: str, device: torch
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        callbacks=[timer],
+        callbacks=callbacks,
         benchmark=device.type == "cuda",
     )
-    data = Repeat(fixed_batch(batch, args.num_classes, device), args.warmup + args.steps)
+    data = Repeat(fixed_batch(batch, args.num_classes, device), total)
     trainer.fit(method, train_dataloaders=data)
     graphs, breaks = dynamo_counters["stats"]["unique_graphs"], sum(dynamo_counters["graph_break"].values())
     if compiled != "off":
@@ -182,6 +226,10 @@ def main() -> None:
     ap.add_argument("--compile", default="off,on", help="fiqa runs, comma-separated: off, on or a torch.compile mode")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument(
+        "--profile", type=int, default=0, help="print the top N operators by device time of each fiqa run (0: off)"
+    )
+    ap.add_argument("--profile-steps", type=int, default=5, help="steps profiled, after the timed ones")
     args = ap.parse_args()
     device = torch.device(args.device)
     # CPUs without native bf16/fp16 units run autocast 6-7x slower than fp32 (measured here on a 2-core

@@ -1,5 +1,6 @@
-"""What main.py does before Hydra starts: one run dir for every rank, and a clear error when the
-SLURM launcher plugin is missing.
+"""Launch-time helpers. Before Hydra starts, main.py gets one run dir for every rank and a clear
+error when the SLURM launcher plugin is missing. Inside a run, ranks that Lightning spawned over gloo
+(``trainer=ddp_sim``) release their process group at exit (:func:`release_spawned_process_group_at_exit`).
 
 Under ``torchrun`` or a multi-task ``srun``, every rank runs ``main.py`` and composes its own
 config, so the time stamp in the run dir (``conf/hydra/default.yaml``:
@@ -14,6 +15,11 @@ config, so the time stamp in the run dir (``conf/hydra/default.yaml``:
 
 Jobs of ``hydra/launcher=slurm`` need none of this: the submitting process resolves the sweep dir
 once and every task of every job reads it back (Hydra copies the resolved time stamp).
+
+At exit, a spawned gloo rank that still holds its process group meets the others at a monitored
+barrier (60 s) and destroys the group. Without this, a rank that had finished its work could abort
+at interpreter exit ("terminate called without an active exception"). :class:`fiqa.methods.base.FaceModule`
+registers it in ``setup``. torchrun and srun processes are left alone.
 """
 
 from __future__ import annotations
