@@ -70,8 +70,8 @@ class KernelProfile(L.Callback):
     (kernels far below the timed step: the GPU waits on the host, i.e. on Python, launches, syncs)."""
 
     def __init__(self, start: int, steps: int, top: int, device: torch.device):
-        self.start, self.stop, self.top, self.device, self.prof, self.t0 = start, start + steps - 1, top, device, None, 0.0
-        self.steps = steps
+        self.start, self.steps, self.stop, self.top, self.device = start, steps, start + steps - 1, top, device
+        self.prof, self.t0 = None, 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.start:
