@@ -2,6 +2,8 @@
 PY ?= python
 VENV ?= .venv
 TORCH = torch==2.14.1 torchvision==0.29.1
+# real photos for the tests (insightface's t1.jpg, Tom_Hanks_54745.png): read from the wheel, never installed
+TESTDATA ?= .cache/testdata
 # GPU by default; on a CPU-only machine a small configuration (the GPU grid would take hours)
 THROUGHPUT_ARGS ?= $(shell $(PY) -c "import torch; print('' if torch.cuda.is_available() else '--backbones iresnet18 --batches 32 --steps 5 --warmup 2 --num-classes 10000')" 2>/dev/null)
 
@@ -10,6 +12,7 @@ THROUGHPUT_ARGS ?= $(shell $(PY) -c "import torch; print('' if torch.cuda.is_ava
 install:            ## editable install (torch pinned to the version on this machine's disk)
 	$(PY) -m pip install $(TORCH)
 	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip download --no-deps -q -d $(TESTDATA) insightface==2.1
 
 train:              ## the embedded default: CR-FIQA on SynthFace, CPU, a few minutes
 	$(PY) main.py
@@ -32,6 +35,7 @@ bench:              ## speed figures (never part of the tests)
 	$(PY) benchmarks/ijb_speed.py
 	$(PY) benchmarks/partial_fc_memory.py
 	$(PY) benchmarks/throughput.py $(THROUGHPUT_ARGS)
+	$(PY) benchmarks/align_throughput.py
 
 lint:
 	$(PY) -m ruff check src tests benchmarks main.py

@@ -48,6 +48,9 @@ def param_groups(modules: Mapping[str, nn.Module], weight_decay: float, no_decay
     return groups
 
 
+ISO_SCALE_KEY = "fiqa_iso_scale"  # checkpoint key of FaceModule.iso_scale
+
+
 class FaceModule(L.LightningModule):
     """Args:
     backbone: images -> BackboneOutput.
@@ -83,6 +86,9 @@ class FaceModule(L.LightningModule):
         # name -> {"embeddings", "qualities", "indices", "curves"} of the last validation (numpy)
         self.val_results: dict = {}
         self._val_buffers: dict = {}
+        # the 0-100 mapping of this model's quality (fiqa.quality.iso_scale.IsoScale.to_dict), fitted on
+        # the images of the last validation and stored in the checkpoint (task=quality score.scale=iso)
+        self.iso_scale: dict | None = None
 
     # ---- the method API -----------------------------------------------------------------
     def quality(self, out: BackboneOutput) -> torch.Tensor:
@@ -135,6 +141,11 @@ class FaceModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         partial_fc.gather_optimizer_state(self, checkpoint)  # the shard's momentum as the full (C, D)
+        if self.iso_scale is not None:
+            checkpoint[ISO_SCALE_KEY] = dict(self.iso_scale)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.iso_scale = checkpoint.get(ISO_SCALE_KEY)
 
     def on_train_start(self) -> None:
         partial_fc.shard_optimizer_state(self)  # after a resume: this rank's rows of the (C, D) state
@@ -255,6 +266,22 @@ class FaceModule(L.LightningModule):
         if accs:
             self.log("val/acc_mean", float(np.mean(accs)), add_dataloader_idx=False, prog_bar=True)
         self._val_buffers = {}
+        self._fit_iso_scale()
+
+    def _fit_iso_scale(self) -> None:
+        """The 0-100 mapping of the quality on this validation's images (all sets pooled): their 10th and
+        90th percentiles map to 10 and 90 (:func:`fiqa.quality.iso_scale.fit_sigmoid`)."""
+        from fiqa.quality.iso_scale import IsoScale, fit_sigmoid
+
+        parts = [r["qualities"] for r in self.val_results.values() if "qualities" in r]
+        if not parts:
+            return
+        try:
+            fitted = fit_sigmoid(np.concatenate(parts))
+        except ValueError:  # fewer than 10 images or a constant quality: nothing to map
+            return
+        ref = f"validation images of {'+'.join(self.val_results)} at step {self.global_step}"
+        self.iso_scale = IsoScale.from_dict({**fitted, "reference": ref}).to_dict()
 
     on_test_epoch_start = on_validation_epoch_start
     on_test_epoch_end = on_validation_epoch_end

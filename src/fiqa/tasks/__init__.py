@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 
 def _tasks() -> dict[str, Callable]:
+    from fiqa.tasks.align import align
     from fiqa.tasks.compare import compare
     from fiqa.tasks.eval import evaluate
     from fiqa.tasks.export import run as export
@@ -15,7 +16,15 @@ def _tasks() -> dict[str, Callable]:
     from fiqa.tasks.quality import quality
     from fiqa.tasks.train import train
 
-    return {"train": train, "eval": evaluate, "pack": pack, "quality": quality, "compare": compare, "export": export}
+    return {
+        "align": align,
+        "train": train,
+        "eval": evaluate,
+        "pack": pack,
+        "quality": quality,
+        "compare": compare,
+        "export": export,
+    }
 
 
 def run(cfg: DictConfig):

@@ -331,6 +331,7 @@ def load_model(
         train_cfg = OmegaConf.create(ckpt[CONFIG_KEY])
         method = build_method(train_cfg, val_view or {})
         method.load_state_dict(ckpt["state_dict"], strict=True)
+        method.iso_scale = ckpt.get("fiqa_iso_scale")
         method.input_convention = input_convention(train_cfg.data)
         method.source_config = train_cfg
         return method
@@ -347,6 +348,7 @@ def load_model(
     # original's normalisation itself (e.g. MagFace's x / 255)
     method.input_convention = {"color": released.color, "mean": 127.5, "std": 127.5}
     method.source_config = None
+    method.released_format = released.format
     log.info(f"loaded a released {released.format} checkpoint ({released.arch}) from {path}")
     return method
 
