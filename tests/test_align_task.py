@@ -314,3 +314,33 @@ def test_quality_scale_ofiq_with_an_onnx_model(tmp_path):
     assert header == "Filename;UnifiedQualityScore;UnifiedQualityScore.scalar;assessment_time_in_ms;"
     name, raw, scalar, _ = line.split(";")
     assert (name, scalar) == ("a.png", row["quality_iso"]) and float(raw) == pytest.approx(want, rel=1e-5)
+
+
+def test_magface_checkpoint_gets_ofiqs_mapping(tmp_path):
+    """A MagFace model's quality is its feature norm: score.scale=iso maps it with OFIQ's x0=23, w=2.6, and
+    score.scale=ofiq (no ONNX model given) runs the checkpoint itself on OFIQ's alignment."""
+    from fiqa.quality.iso_scale import OFIQ_UNIFIED, sigmoid_map
+    from tests.helpers.run_main import TINY, TINY_VAL
+
+    run_main("method=magface", *TINY, *TINY_VAL, "data.train.num_identities=8", f"hydra.run.dir={tmp_path / 't'}")
+    write_rgb(tmp_path / "in" / "a.png", astronaut())
+    write_rgb(tmp_path / "in" / "b.jpg", grace_hopper())
+    ckpt = tmp_path / "t" / "checkpoints" / "last.ckpt"
+    for scale in ("iso", "ofiq"):
+        proc = run_main(
+            "task=quality",
+            f"ckpt_path={ckpt}",
+            f"score.input={tmp_path / 'in'}",
+            "score.detect=true",
+            f"score.scale={scale}",
+            "score.progress=false",
+            f"hydra.run.dir={tmp_path / scale}",
+        )
+        rows = _rows(tmp_path / scale / "qualities.csv")
+        assert len(rows) == 2
+        q = np.array([float(r["quality"]) for r in rows])
+        assert [int(r["quality_iso"]) for r in rows] == sigmoid_map(q, **OFIQ_UNIFIED).astype(int).tolist()
+        assert "x0=23, w=2.6" in proc.stderr + proc.stdout
+    q_iso = [float(r["quality"]) for r in _rows(tmp_path / "iso" / "qualities.csv")]
+    q_ofiq = [float(r["quality"]) for r in _rows(tmp_path / "ofiq" / "qualities.csv")]
+    assert q_iso != q_ofiq  # two alignments (ArcFace's norm_crop vs OFIQ's), two crops

@@ -34,3 +34,19 @@ def test_fp16_mixed_with_grad_scaler_trains(tmp_path):
 def test_bf16_compiled_backbone_trains(tmp_path):
     run_main(*TINY, *TINY_VAL, "trainer=gpu", "trainer.compile=true", f"hydra.run.dir={tmp_path}")
     assert "val/synth/acc" in read_metrics(tmp_path)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_face_detection_on_gpu_equals_cpu():
+    """fiqa.detect on CUDA finds the same faces as on the CPU (t1.jpg: six), landmarks within 0.5 px."""
+    import numpy as np
+
+    from fiqa.detect import FaceDetector
+    from tests.helpers.photos import astronaut, insightface
+
+    photos = [astronaut(), insightface("t1.jpg")]
+    cpu, gpu = FaceDetector(device="cpu")(photos), FaceDetector(device="cuda")(photos)
+    assert [len(f) for f in gpu] == [len(f) for f in cpu] == [1, 6]
+    for a, b in zip(cpu, gpu):
+        np.testing.assert_allclose(a.landmarks, b.landmarks, atol=0.5)

@@ -16,7 +16,7 @@ from pathlib import Path, PurePath
 import cv2
 from omegaconf import DictConfig
 
-from fiqa.detect.align import FACE_COLUMNS, Aligned, align_photos, failed_others, list_photos
+from fiqa.detect.align import FACE_COLUMNS, list_photos
 from fiqa.eval.report import write_metrics
 from fiqa.tasks import photos as P
 from fiqa.utils.logging import get_logger
@@ -53,36 +53,18 @@ def align(cfg: DictConfig) -> dict:
     advance, stop = P.progress(bool(a.progress), len(todo), "aligning")
     t0 = time.perf_counter()
     try:
-        for f in failed_others(o for o in others if o[1] not in skip):
-            P.write_failure(xw, f)
-            counts[f.reason] += 1
-        results = align_photos(
-            todo,
-            detector,
-            a.faces,
-            float(a.min_face_size),
-            int(a.image_size),
-            int(a.batch_images),
-            keep_images=bool(a.report),
-            on_image=advance,
-        )
-        for r in results:
-            if a.report and r.image is not None and len(shown) < int(a.report_images):
-                shown.append(r)
-            else:
-                r.image = None
-            if not isinstance(r, Aligned):
-                P.write_failure(xw, r)
-                counts[r.reason] += 1
-                continue
+        new_others = [o for o in others if o[1] not in skip]
+        for r in P.aligned_photos(cfg, todo, new_others, detector, xw, counts, shown, bool(a.report), advance):
+            rows = []
             for k, (crop, row) in enumerate(zip(r.crops, P.face_rows(r))):
                 name = crop_name(r.key, k, a.format)
                 (out / "crops" / name).parent.mkdir(parents=True, exist_ok=True)
                 if not cv2.imwrite(str(out / "crops" / name), crop[:, :, ::-1], params):
                     raise OSError(f"cannot write {out / 'crops' / name}")
-                fw.write([r.key, k, f"crops/{name}", *row])
+                rows.append([r.key, k, f"crops/{name}", *row])
                 extremes.add(float(r.faces.scores[k]), crop, f"{r.key}#{k}")
-                n_faces += 1
+            fw.write_rows(rows)  # after its crops: a source listed in faces.csv is complete
+            n_faces += len(rows)
     finally:
         stop()
         fw.close()

@@ -14,7 +14,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from fiqa.detect import FaceDetector
-from fiqa.detect.align import Aligned, Failed, face_row
+from fiqa.detect.align import Aligned, Failed, align_photos, face_row, failed_others
 from fiqa.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -64,7 +64,11 @@ class CsvAppender:
             self._f.flush()
 
     def write(self, row: Iterable) -> None:
-        self._w.writerow(row)
+        self.write_rows([row])
+
+    def write_rows(self, rows: Iterable[Iterable]) -> None:
+        """Rows written and flushed together (the faces of one photo: all or none after a crash)."""
+        self._w.writerows(rows)
         self._f.flush()
 
     def close(self) -> None:
@@ -73,6 +77,34 @@ class CsvAppender:
 
 def write_failure(w: CsvAppender, f: Failed) -> None:
     w.write([f.key, f.reason, f.detail])
+
+
+def aligned_photos(cfg: DictConfig, photos, others, detector, failed: CsvAppender, counts, shown: list, report: bool,
+                   on_image=None, crop_fn=None, failures: list | None = None):  # fmt: skip
+    """The :class:`Aligned` photos of ``photos`` (``align.*`` settings); every failure (and every listed
+    non-image of ``others``) goes to ``failed`` and ``counts`` (and ``failures``: ``(key, reason)``); the
+    first ``align.report_images`` decoded photos are kept in ``shown`` for the report."""
+    a = cfg.align
+
+    def fail(f: Failed) -> None:
+        write_failure(failed, f)
+        counts[f.reason] += 1
+        if failures is not None:
+            failures.append((f.key, f.reason))
+
+    for f in failed_others(others):
+        fail(f)
+    results = align_photos(photos, detector, a.faces, float(a.min_face_size), int(a.image_size),
+                           int(a.batch_images), keep_images=report, on_image=on_image, crop_fn=crop_fn)  # fmt: skip
+    for r in results:
+        if report and r.image is not None and len(shown) < int(a.report_images):
+            shown.append(r)
+        else:
+            r.image = None
+        if isinstance(r, Aligned):
+            yield r
+        else:
+            fail(r)
 
 
 def face_rows(a: Aligned) -> list[list[str]]:

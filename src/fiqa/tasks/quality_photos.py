@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from fiqa.detect.align import FACE_COLUMNS, Aligned, align_photos, face_row, failed_others, list_photos
+from fiqa.detect.align import FACE_COLUMNS, face_row, list_photos
 from fiqa.eval.report import plot_quality_histogram, write_metrics
 from fiqa.quality.scoring import ArrayImages, score_reader
 from fiqa.tasks import photos as P
@@ -187,31 +187,9 @@ def run(cfg: DictConfig, model, out: Path) -> dict:
         pending.clear()
 
     try:
-        for f in failed_others(others):
-            P.write_failure(xw, f)
-            counts[f.reason] += 1
-            failed_list.append((f.key, f.reason))
-        results = align_photos(
-            photos,
-            detector,
-            a.faces,
-            float(a.min_face_size),
-            int(a.image_size),
-            int(a.batch_images),
-            keep_images=bool(s.report),
-            on_image=advance,
-            crop_fn=crop_fn,
-        )
+        results = P.aligned_photos(cfg, photos, others, detector, xw, counts, shown, bool(s.report), advance,
+                                   crop_fn, failed_list)  # fmt: skip
         for r in results:
-            if s.report and r.image is not None and len(shown) < int(a.report_images):
-                shown.append(r)
-            else:
-                r.image = None
-            if not isinstance(r, Aligned):
-                P.write_failure(xw, r)
-                counts[r.reason] += 1
-                failed_list.append((r.key, r.reason))
-                continue
             for k, crop in enumerate(r.crops):
                 keys.append(r.key)
                 faces_idx.append(k)
