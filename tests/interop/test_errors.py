@@ -103,7 +103,10 @@ def test_hints_for_a_quality_file_and_a_fiqa_checkpoint():
     with pytest.raises(ValueError, match="quality_path="):
         convert_released(O.eqface_quality(16, hidden=4))
     with pytest.raises(ValueError, match="task=eval"):
+        convert_released({"state_dict": {"backbone.conv1.weight": torch.zeros(1)}, "fiqa_config": {}})
+    with pytest.raises(ValueError, match="not QGFace's IR") as err:  # backbone.* alone is not 'a fiqa checkpoint'
         convert_released({"state_dict": {"backbone.conv1.weight": torch.zeros(1)}})
+    assert "fiqa (task=train)" not in str(err.value)
 
 
 def test_refuses_code_execution_without_trust(tmp_path):

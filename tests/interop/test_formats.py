@@ -210,9 +210,16 @@ def test_eqface_backbone_and_quality(tmp_path):
     assert ((out.quality > 0) & (out.quality < 1)).all()
 
 
-def test_eqface_without_quality_file_falls_back_to_norm(tmp_path):
+def test_eqface_without_quality_file_is_an_error_unless_the_quality_is_replaced(tmp_path):
+    """EQFace's backbone.pth alone has no quality: an error that names quality.pth, never a silent norm;
+    a caller that replaces the quality (quality=serfiq|norm) may load it with require_quality=False."""
     sd = O.eqface_resnet((1, 1, 1, 1), O.TINY, emb=8, side=SIDE)  # no module. prefix
-    r = load_released(_save(tmp_path, sd), format="eqface")
+    path = _save(tmp_path, sd)
+    with pytest.raises(ValueError, match=r"no quality of its own.*quality\.pth.*quality_path="):
+        load_released(path, format="eqface")
+    with pytest.raises(ValueError, match="quality_path="):
+        load_released(path)  # auto-detected: the same
+    r = load_released(path, format="eqface", require_quality=False)
     assert r.quality_head is None and r.quality_kind == "norm"
     assert any("quality_path" in n for n in r.notes)
 

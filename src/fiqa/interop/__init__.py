@@ -4,8 +4,10 @@
     released = load_released("181952backbone.pth")          # format and depth detected from the keys
     model = to_face_module(released)                         # a FaceModule: forward -> FaceOutput
 
-Formats: ``arcface_torch``, ``crfiqa``, ``magface``, ``adaface``, ``eqface`` (see
-:mod:`fiqa.interop.formats`). Files are read with ``weights_only=True`` unless
+Formats: ``arcface_torch`` (iResNet), ``arcface_torch_mbf``, ``arcface_torch_vit``, ``crfiqa``,
+``magface``, ``adaface``, ``qgface``, ``eqface`` (see :mod:`fiqa.interop.formats`; the table of
+released files: ``docs/released_models.md``). ``to_face_module`` gives a model that carries its input
+convention (``model.input_convention``), so ``fiqa.quality.score(images, model)`` feeds it correctly. Files are read with ``weights_only=True`` unless
 ``trust_checkpoint=True``.
 """
 

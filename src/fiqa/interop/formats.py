@@ -6,7 +6,10 @@ Format           File (container)                                 Our modules
 ``magface``       ``{'state_dict': ..}``, ``module.features.`` or    IResNet, BN eps 2e-5 / momentum 0.9, Dropout2d;
                   ``features.module.`` prefix                      ``fc`` / ``parallel_fc`` (classifier) dropped
 ``adaface``       Lightning ``.ckpt``: ``state_dict`` with ``model.`` IR (ir18/34/50/101); ``head.*`` dropped
+``qgface``        Lightning ``.ckpt``: ``state_dict`` with ``backbone.`` IR (AdaFace's); heads/queues dropped
 ``eqface``        ``backbone.pth`` (+ ``quality.pth``), ``module.``  EQFaceResNet (+ EQFaceQuality, ``qualtiy.*``)
+``arcface_torch_mbf`` / ``arcface_torch_vit``: arcface_torch's MobileFaceNet and ViT ``model.pt``
+                  (:mod:`fiqa.interop.formats_arcface_torch`)    ArcFaceMobileFaceNet, ArcFaceViT
 
 Each original's input convention (reference data_and_eval §8) travels with the weights in
 :class:`Released`: channel order and the per-channel mean/std on the 0..255 pixel scale.
@@ -258,6 +261,38 @@ def convert_adaface(obj, arch, quality_obj, source, quality_source=None) -> Rele
     return Released(backbone, None, "norm", "bgr", *MINUS1_1, "adaface", name, notes)
 
 
+# ---- QGFace (its Lightning trainer: AdaFace's IR under backbone.*) -----------------------------
+QGFACE_PREFIX = "backbone."
+
+
+def _detect_qgface(obj: Any) -> str | None:
+    if not (isinstance(obj, Mapping) and is_tensor_dict(obj.get("state_dict"))):
+        return f"no top-level 'state_dict' of tensors ({describe(obj)})"
+    if "fiqa_config" in obj:
+        return "a fiqa task=train checkpoint (it holds fiqa_config): load it with ckpt_format=fiqa"
+    if QGFACE_PREFIX + "input_layer.0.weight" not in obj["state_dict"]:
+        return f"no '{QGFACE_PREFIX}input_layer.0.weight' in its state_dict"
+    return None
+
+
+def convert_qgface(obj, arch, quality_obj, source, quality_source=None) -> Released:
+    state = _wrapped(obj, "qgface", "a QGFace Lightning .ckpt", source)
+    name, spec = _ir_spec(_strip(state, QGFACE_PREFIX), arch, source)
+    backbone = IR(**spec, dropout=0.4)
+    dropped = load_mapped(
+        state,
+        KeyMap(((QGFACE_PREFIX, "backbone", ""),)),
+        {"backbone": backbone},
+        source=source,
+        target_name=f"{name} (QGFace)",
+        drop=lambda k: not k.startswith(QGFACE_PREFIX),  # heads, queues, a MoCo copy: training state
+    )
+    kinds = sorted({k.split(".")[0] for k in dropped})
+    notes = [f"dropped {len(dropped)} training key(s) ({', '.join(kinds)})", "input BGR, (x - 127.5) / 127.5"]
+    _eval(backbone)
+    return Released(backbone, None, "norm", "bgr", *MINUS1_1, "qgface", name, notes)
+
+
 # ---- EQFace ----------------------------------------------------------------------------------
 def _eqface_spec(state: Mapping[str, Tensor], arch: str | None, source: str) -> tuple[str, dict]:
     if arch is not None:
@@ -281,7 +316,7 @@ def _detect_eqface(obj: Any) -> str | None:
     return None
 
 
-def convert_eqface(obj, arch, quality_obj, source, quality_source=None) -> Released:
+def convert_eqface(obj, arch, quality_obj, source, quality_source=None, require_quality=True) -> Released:
     state = _bare(obj, "eqface", "EQFace's backbone.pth", source)
     prefix = common_prefix(state, ("module.", "")) or ""
     name, spec = _eqface_spec(_strip(state, prefix), arch, source)
@@ -290,7 +325,14 @@ def convert_eqface(obj, arch, quality_obj, source, quality_source=None) -> Relea
     load_mapped(state, keymap, {"backbone": backbone}, source=source, target_name=f"{name} (EQFace)")
     notes = ["input RGB, (x - 127.5) / 127.5 (EQFace training; its test script divides by 128)"]
     if quality_obj is None:
-        notes.append("no quality_path (quality.pth) given: quality = embedding norm")
+        if require_quality:
+            raise ValueError(
+                f"{source}: an EQFace backbone.pth has no quality of its own: its quality is the separate "
+                f"quality branch, quality.pth. Pass it: quality_path=<quality.pth> (Python: "
+                f"fiqa.quality.score(images, backbone, quality_path=...); command line: quality_ckpt_path=...). "
+                f"To use the embeddings with another quality, choose it (quality=norm|serfiq|random)."
+            )
+        notes.append("no quality_path (quality.pth) given: quality = embedding norm (replaced by the caller)")
         _eval(backbone)
         return Released(backbone, None, "norm", "rgb", *MINUS1_1, "eqface", name, notes)
     qsource = quality_source or "quality checkpoint"
@@ -312,6 +354,12 @@ FORMATS: dict[str, Format] = {
         Format("crfiqa", lambda o: _detect_iresnet(o, with_qs=True), convert_crfiqa),
         Format("magface", _detect_magface, convert_magface),
         Format("adaface", _detect_adaface, convert_adaface),
+        Format("qgface", _detect_qgface, convert_qgface),
         Format("eqface", _detect_eqface, convert_eqface, quality_file=True),
     )
 }
+
+# arcface_torch's MobileFaceNet and ViT (their module imports the names above, hence at the end)
+from fiqa.interop.formats_arcface_torch import EXTRA_FORMATS  # noqa: E402
+
+FORMATS.update({f.name: f for f in EXTRA_FORMATS})

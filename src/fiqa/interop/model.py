@@ -41,6 +41,8 @@ class ReleasedModel(FaceModule):
             raise ValueError(f"quality_kind={quality_kind!r} needs a quality_head")
         super().__init__(backbone, None, None, val_sets, quality_head, channels_last)
         self.quality_kind, self.color = quality_kind, color
+        # what it is fed (fiqa's contract in the original's channel order); the remap below does the rest
+        self.input_convention = {"color": color, "mean": 127.5, "std": 127.5}
         mean = torch.as_tensor([float(m) for m in input_mean]).view(1, 3, 1, 1)
         std = torch.as_tensor([float(s) for s in input_std]).view(1, 3, 1, 1)
         self.remap = not (bool(torch.all(mean == FIQA_MEAN)) and bool(torch.all(std == FIQA_STD)))
@@ -85,4 +87,5 @@ def to_face_module(released: Released, val_sets: Mapping | None = None, channels
         val_sets=val_sets,
         channels_last=channels_last,
     )
+    model.released_format, model.released_arch = released.format, released.arch
     return model.eval()

@@ -65,6 +65,10 @@ class FaceModule(L.LightningModule):
 
     #: set by ``trainer.compile`` (:func:`fiqa.tasks.build.compile_backbone`): evaluation then runs eager
     compiled_backbone: bool = False
+    #: what the network is fed, ``{"color": "rgb"|"bgr", "mean", "std"}`` on the 0..255 scale: set by
+    #: :func:`fiqa.tasks.build.build_method` (from ``data.*``) and by :class:`fiqa.interop.ReleasedModel`;
+    #: every scoring path reads it (:func:`fiqa.quality.scoring.input_convention_of`), none guesses it
+    input_convention: dict | None = None
 
     def __init__(
         self,

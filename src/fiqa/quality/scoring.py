@@ -3,8 +3,11 @@
 ``images``: a uint8 array ``(N, H, W, 3)`` or one ``(H, W, 3)`` image, RGB; a list of image paths; a
 path (directory, ``.rec``, ``.bin`` or list file, see :mod:`fiqa.data.sources`); or any reader yielding
 ``(uint8 RGB, label, meta)``. ``model``: a :class:`~fiqa.methods.base.FaceModule` or a checkpoint path
-(ours, or an original's released one through :mod:`fiqa.interop`). The model's input convention
-(channel order, normalisation) is applied; the quality is the model's own (``FaceOutput.quality``).
+(ours, or an original's released one through :mod:`fiqa.interop`; ``quality_path=`` for a two-file
+release such as EQFace's ``backbone.pth`` + ``quality.pth``). The model's input convention (channel
+order, normalisation: ``model.input_convention``, set by whatever built the model) is applied, so a BGR
+model (MagFace, AdaFace, QGFace) gets BGR; a model without one is an error, never a guess. The quality
+is the model's own (``FaceOutput.quality``).
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from torch.utils.data import DataLoader
 
 from fiqa.data.transforms import ToModelInput
 
-__all__ = ["ArrayImages", "input_transform", "score", "score_reader"]
+__all__ = ["ArrayImages", "input_convention_of", "input_transform", "score", "score_reader"]
 
-DEFAULT_CONVENTION = {"color": "rgb", "mean": 127.5, "std": 127.5}
+CONVENTION_KEYS = ("color", "mean", "std")
 
 
 class ArrayImages:
@@ -43,9 +46,26 @@ class ArrayImages:
         return self.images[i], 0, {"index": i}
 
 
+def input_convention_of(model) -> dict:
+    """``model.input_convention`` (``{"color", "mean", "std"}``), checked; the one place every path
+    (task=quality|eval|compare|export, ``fiqa.quality.score``) reads it from."""
+    conv = getattr(model, "input_convention", None)
+    if not conv:
+        raise ValueError(
+            f"{type(model).__name__} has no input_convention (channel order and normalisation), so it cannot be "
+            f"fed: load models with fiqa.tasks.build.load_model(path) or fiqa.interop.to_face_module(released), "
+            f"or build them with fiqa.tasks.build.build_method(cfg); for a module made by hand set "
+            f"model.input_convention = {{'color': 'rgb' or 'bgr', 'mean': 127.5, 'std': 127.5}}"
+        )
+    missing = [k for k in CONVENTION_KEYS if k not in conv]
+    if missing:
+        raise ValueError(f"{type(model).__name__}.input_convention={conv!r} lacks {missing} (keys: {CONVENTION_KEYS})")
+    return dict(conv)
+
+
 def input_transform(model) -> ToModelInput:
-    """The model's input convention (set when it was built from a config or a released checkpoint)."""
-    conv = {**DEFAULT_CONVENTION, **(getattr(model, "input_convention", None) or {})}
+    """The model's input convention as a transform (uint8 RGB -> its input tensor)."""
+    conv = input_convention_of(model)
     return ToModelInput(conv["color"], conv["mean"], conv["std"])
 
 
@@ -121,11 +141,30 @@ def _as_reader(images: Any):
     raise TypeError(f"images: expected a uint8 array, a path, a list of paths or a reader, got {type(images).__name__}")
 
 
-def score(images: Any, model: Any, batch_size: int = 64, device: str | None = None, **kwargs) -> np.ndarray:
-    """The quality of every image (higher = better), with ``model``'s input convention."""
+def score(
+    images: Any,
+    model: Any,
+    batch_size: int = 64,
+    device: str | None = None,
+    quality_path: str | os.PathLike | None = None,
+    ckpt_format: str = "auto",
+    trust_checkpoint: bool = False,
+    **kwargs,
+) -> np.ndarray:
+    """The quality of every image (higher = better), with ``model``'s input convention.
+
+    ``model`` a path: loaded as task=quality loads ``ckpt_path`` (``ckpt_format``, ``trust_checkpoint``,
+    and ``quality_path`` for EQFace's ``quality.pth``, without which an EQFace backbone is refused)."""
     if isinstance(model, (str, os.PathLike)):
         from fiqa.tasks.build import load_model
 
-        model = load_model(os.fspath(model))
+        model = load_model(
+            os.fspath(model),
+            trust_checkpoint=trust_checkpoint,
+            ckpt_format=ckpt_format,
+            quality_path=None if quality_path is None else os.fspath(quality_path),
+        )
+    elif quality_path is not None:
+        raise ValueError("quality_path= goes with a checkpoint path, not with a model object (load it with it)")
     q, _ = score_reader(model, _as_reader(images), batch_size=batch_size, device=device, **kwargs)
     return q

@@ -129,7 +129,9 @@ def build_method(cfg: DictConfig, val_view: Mapping[str, Mapping]) -> FaceModule
     backbone = instantiate(cfg.backbone)
     head = instantiate(cfg.head) if cfg.get("head") else None
     optim = _instantiate_values(cfg.get("optim"))
-    return instantiate(cfg.method, backbone=backbone, head=head, optim=optim, val_sets=dict(val_view))
+    method = instantiate(cfg.method, backbone=backbone, head=head, optim=optim, val_sets=dict(val_view))
+    method.input_convention = input_convention(cfg.data)
+    return method
 
 
 def build_callbacks(cfg: DictConfig, run_config: Mapping) -> list:
@@ -321,18 +323,20 @@ def load_model(
     ckpt_format: str = "auto",
     quality_path: str | None = None,
     arch: str | None = None,
+    require_quality: bool = True,
 ) -> FaceModule:
     """A model from a checkpoint, ready for evaluation or scoring, with ``input_convention`` set.
 
     A fiqa checkpoint is rebuilt from the config stored in it; anything else is an original's released
-    checkpoint, loaded strictly through :func:`fiqa.interop.load_released` (``ckpt_format``)."""
+    checkpoint, loaded strictly through :func:`fiqa.interop.load_released` (``ckpt_format``).
+    ``require_quality=False`` (another quality source replaces the model's) lets a two-file release
+    (EQFace) load from its backbone alone."""
     ckpt = load_checkpoint(path, trust_checkpoint) if ckpt_format in ("auto", "fiqa") else None
     if ckpt is not None and is_fiqa_checkpoint(ckpt):
         train_cfg = OmegaConf.create(ckpt[CONFIG_KEY])
         method = build_method(train_cfg, val_view or {})
         method.load_state_dict(ckpt["state_dict"], strict=True)
         method.iso_scale = ckpt.get("fiqa_iso_scale")
-        method.input_convention = input_convention(train_cfg.data)
         method.source_config = train_cfg
         return method
     if ckpt_format == "fiqa":
@@ -340,17 +344,24 @@ def load_model(
     from fiqa.interop import load_released, to_face_module
 
     released = load_released(
-        path, format=ckpt_format, arch=arch, trust_checkpoint=trust_checkpoint, quality_path=quality_path
+        path,
+        format=ckpt_format,
+        arch=arch,
+        trust_checkpoint=trust_checkpoint,
+        quality_path=quality_path,
+        require_quality=require_quality,
     )
-    method = to_face_module(released)
+    method = to_face_module(released)  # carries its input convention (ReleasedModel)
     method.val_sets = dict(val_view or {})
-    # ReleasedModel takes fiqa's (x - 127.5) / 127.5 in the original's channel order and re-maps it to the
-    # original's normalisation itself (e.g. MagFace's x / 255)
-    method.input_convention = {"color": released.color, "mean": 127.5, "std": 127.5}
     method.source_config = None
-    method.released_format = released.format
     log.info(f"loaded a released {released.format} checkpoint ({released.arch}) from {path}")
     return method
+
+
+def replaces_quality(cfg: DictConfig) -> bool:
+    """Whether ``quality=...`` replaces the model's own quality (``norm``, ``serfiq``, ``random``)."""
+    q = cfg.get("quality")
+    return isinstance(q, DictConfig) and "_target_" in q
 
 
 def wrap_quality(method: FaceModule, quality_cfg: Any) -> FaceModule:
@@ -372,6 +383,7 @@ def build_from_checkpoint(cfg: DictConfig) -> tuple[Built, FaceModule]:
         bool(cfg.get("trust_checkpoint", False)),
         str(cfg.get("ckpt_format", "auto")),
         cfg.get("quality_ckpt_path"),
+        require_quality=not replaces_quality(cfg),
     )
     method = wrap_quality(method, cfg.get("quality"))
     data_cfg = method.source_config.data if getattr(method, "source_config", None) is not None else cfg.data

@@ -21,7 +21,8 @@ from fiqa.eval.compare import compare_sources, plot_erc, rows_of, write_tables
 from fiqa.eval.report import write_metrics
 from fiqa.eval.verification import l2_normalize
 from fiqa.methods.serfiq import SERFIQ
-from fiqa.tasks.build import build_loggers, build_val, load_model
+from fiqa.quality.scoring import input_convention_of
+from fiqa.tasks.build import build_loggers, build_val, load_model, replaces_quality
 from fiqa.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -65,7 +66,7 @@ def _sources(cfg: DictConfig, model, device) -> dict:
 
 @torch.no_grad()
 def _embed_set(cfg, model, dataset, sources, flip: bool, device):
-    conv = model.input_convention or {}
+    conv = input_convention_of(model)
     bs, workers = int(cfg.compare.batch_size), int(cfg.compare.num_workers)
     loader = DataLoader(_Raw(dataset), batch_size=bs, num_workers=workers)
     n = len(dataset)
@@ -84,7 +85,7 @@ def _embed_set(cfg, model, dataset, sources, flip: bool, device):
             elif kind == "norm":
                 v = out.embedding.float().norm(dim=1)
             elif kind == "model":
-                v = other(_to_input(images, other.input_convention or {}).to(device)).quality
+                v = other(_to_input(images, input_convention_of(other)).to(device)).quality
             else:
                 continue
             q[name][idx.numpy()] = v.float().cpu().numpy()
@@ -98,7 +99,10 @@ def compare(cfg: DictConfig) -> dict:
         raise ValueError("task=compare needs ckpt_path=<the FR model whose comparison scores are judged>")
     device = torch.device(cfg.compare.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
     datasets, view = build_val(cfg)
-    model = load_model(cfg.ckpt_path, view, bool(cfg.trust_checkpoint), str(cfg.ckpt_format), cfg.quality_ckpt_path)
+    model = load_model(
+        cfg.ckpt_path, view, bool(cfg.trust_checkpoint), str(cfg.ckpt_format), cfg.quality_ckpt_path,
+        require_quality=not replaces_quality(cfg),
+    )  # fmt: skip
     model.eval().to(device)
     sources = _sources(cfg, model, device)
     out_dir, fmrs = Path(cfg.paths.output_dir), [float(f) for f in cfg.compare.fmrs]

@@ -13,7 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from fiqa.eval import report
 from fiqa.export.onnx import export_onnx, require_onnx
-from fiqa.tasks.build import load_model, wrap_quality
+from fiqa.quality.scoring import input_convention_of
+from fiqa.tasks.build import load_model, replaces_quality, wrap_quality
 from fiqa.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -34,9 +35,10 @@ def run(cfg: DictConfig) -> dict:
         trust_checkpoint=bool(cfg.get("trust_checkpoint", False)),
         ckpt_format=str(cfg.get("ckpt_format", "auto")),
         quality_path=cfg.get("quality_ckpt_path"),
+        require_quality=not replaces_quality(cfg),
     )
     method = wrap_quality(method, cfg.get("quality"))
-    convention = dict(getattr(method, "input_convention", None) or {})
+    convention = input_convention_of(method)
     source_cfg = getattr(method, "source_config", None)
     if source_cfg is not None and source_cfg.get("backbone") is not None:
         convention["size"] = int(source_cfg.backbone.get("input_size", 112) or 112)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from fiqa.eval.report import plot_quality_histogram
 from fiqa.quality.scoring import score_reader
 from fiqa.tasks import quality_photos
-from fiqa.tasks.build import load_model, wrap_quality
+from fiqa.tasks.build import load_model, replaces_quality, wrap_quality
 from fiqa.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -40,7 +40,10 @@ def quality(cfg: DictConfig) -> dict:
     if s.scale != "ofiq" or not s.get("ofiq_model"):
         if not cfg.get("ckpt_path"):
             raise ValueError("task=quality needs ckpt_path=<a fiqa .ckpt or an original's released checkpoint>")
-        model = load_model(cfg.ckpt_path, {}, bool(cfg.trust_checkpoint), str(cfg.ckpt_format), cfg.quality_ckpt_path)
+        model = load_model(
+            cfg.ckpt_path, {}, bool(cfg.trust_checkpoint), str(cfg.ckpt_format), cfg.quality_ckpt_path,
+            require_quality=not replaces_quality(cfg),
+        )  # fmt: skip
         model = wrap_quality(model, cfg.get("quality"))
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,9 @@ def init_backbone(method, cfg: DictConfig) -> None:
     ``ckpt_path``, which resumes a run). MagFace fine-tuning from ArcFace starts this way."""
     from fiqa.tasks.build import load_model
 
-    source = load_model(str(cfg.init_ckpt), {}, bool(cfg.trust_checkpoint), str(cfg.ckpt_format), None)
+    source = load_model(
+        str(cfg.init_ckpt), {}, bool(cfg.trust_checkpoint), str(cfg.ckpt_format), None, require_quality=False
+    )
     try:
         method.backbone.load_state_dict(source.backbone.state_dict(), strict=True)
     except RuntimeError as err:
