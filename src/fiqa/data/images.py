@@ -12,7 +12,7 @@ import os
 import cv2
 import numpy as np
 
-__all__ = ["ImageDecodeError", "decode_rgb", "read_rgb", "to_square", "IMAGE_EXTENSIONS"]
+__all__ = ["ImageDecodeError", "decode_rgb", "read_bytes", "read_rgb", "to_square", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -32,15 +32,19 @@ def decode_rgb(buf, source: str = "image") -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of an image file; ``FileNotFoundError`` that says it is an image file that is missing."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {os.fspath(path)!r}") from None
+
+
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as uint8 HxWx3 RGB; a clear error for a missing or undecodable file."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            buf = f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {path!r}") from None
-    return decode_rgb(buf, f"image file {path!r}")
+    return decode_rgb(read_bytes(path), f"image file {path!r}")
 
 
 def to_square(img: np.ndarray, size: int) -> np.ndarray:

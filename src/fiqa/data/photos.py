@@ -23,6 +23,8 @@ import os
 import cv2
 import numpy as np
 
+from fiqa.data.images import read_bytes
+
 __all__ = ["PhotoError", "read_photo", "decode_photo", "exif_orientation", "apply_orientation"]
 
 
@@ -121,10 +123,9 @@ def read_photo(path: str | os.PathLike) -> np.ndarray:
     """Read a photo file as uint8 HxWx3 RGB (oriented); :class:`PhotoError` names the file."""
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            buf = f.read()
-    except FileNotFoundError:
-        raise PhotoError(f"image file not found: {path!r}", "unreadable") from None
+        buf = read_bytes(path)
+    except FileNotFoundError as err:
+        raise PhotoError(str(err), "unreadable") from None
     except OSError as err:
         raise PhotoError(f"cannot read {path!r}: {err.strerror or err}", "unreadable") from None
     return decode_photo(buf, f"image file {path!r}")

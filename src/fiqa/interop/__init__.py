@@ -7,8 +7,8 @@
 Formats: ``arcface_torch`` (iResNet), ``arcface_torch_mbf``, ``arcface_torch_vit``, ``crfiqa``,
 ``magface``, ``adaface``, ``qgface``, ``eqface`` (see :mod:`fiqa.interop.formats`; the table of
 released files: ``docs/released_models.md``). ``to_face_module`` gives a model that carries its input
-convention (``model.input_convention``), so ``fiqa.quality.score(images, model)`` feeds it correctly. Files are read with ``weights_only=True`` unless
-``trust_checkpoint=True``.
+convention (``model.input_convention``), so ``fiqa.quality.score(images, model)`` feeds it correctly.
+Files are read with ``weights_only=True`` unless ``trust_checkpoint=True``.
 """
 
 from fiqa.interop.checkpoints import (

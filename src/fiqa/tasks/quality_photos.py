@@ -28,22 +28,15 @@ MAGFACE_KINDS = ("MagFace", "QMagFace")
 
 
 def stats(q: np.ndarray, csv_path: Path) -> dict:
-    f = q[np.isfinite(q)] if q.size else q
-    if f.size == 0:
-        return {
-            "images": int(q.size),
-            "mean": float("nan"),
-            "std": float("nan"),
-            "min": float("nan"),
-            "max": float("nan"),
-            "csv": str(csv_path),
-        }
+    """Count, mean, std, min, max of the finite qualities (NaN when there are none) and the CSV path."""
+    f = q[np.isfinite(q)]
+    nan = float("nan")
     return {
         "images": int(q.size),
-        "mean": float(f.mean()),
-        "std": float(f.std()),
-        "min": float(f.min()),
-        "max": float(f.max()),
+        "mean": float(f.mean()) if f.size else nan,
+        "std": float(f.std()) if f.size else nan,
+        "min": float(f.min()) if f.size else nan,
+        "max": float(f.max()) if f.size else nan,
         "csv": str(csv_path),
     }
 
@@ -166,7 +159,7 @@ def run(cfg: DictConfig, model, out: Path) -> dict:
     log.info(f"detecting, aligning and scoring {len(photos)} photos of {s.input} (detector on {detector.device})")
     xw = P.CsvAppender(out / "failed.csv", P.FAILED_COLUMNS, overwrite=True)
     counts, shown, pending = Counter(), [], []
-    keys, faces_idx, rows, q_parts, e_parts, times, crops_kept = [], [], [], [], [], [], []
+    keys, faces_idx, rows, q_parts, e_parts, times = [], [], [], [], [], []
     extremes = P.Extremes()
     failed_list = []
     advance, stop = P.progress(bool(s.progress), len(photos), "scoring photos")
@@ -179,7 +172,7 @@ def run(cfg: DictConfig, model, out: Path) -> dict:
         q, e = score_fn(crops)
         per_ms = (time.perf_counter() - t0) * 1000 / len(pending)
         for (key, k, crop), v in zip(pending, q):
-            crops_kept.append((float(v), crop, f"{key}#{k}"))
+            extremes.add(float(v), crop, f"{key}#{k}")
         q_parts.append(np.asarray(q, np.float64))
         times.extend([per_ms] * len(pending))
         if e is not None:
@@ -197,9 +190,7 @@ def run(cfg: DictConfig, model, out: Path) -> dict:
                 pending.append((r.key, k, crop))
             if len(pending) >= int(s.batch_size):
                 flush()
-                crops_kept[:] = _keep_extremes(crops_kept, extremes)
         flush()
-        crops_kept[:] = _keep_extremes(crops_kept, extremes)
     finally:
         stop()
         xw.close()
@@ -236,9 +227,3 @@ def run(cfg: DictConfig, model, out: Path) -> dict:
     write_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}, out)
     log.info(f"{q.size} qualities -> {csv_path}")
     return summary
-
-
-def _keep_extremes(kept: list, extremes: P.Extremes) -> list:
-    for v, crop, caption in kept:
-        extremes.add(v, crop, caption)
-    return []
