@@ -127,6 +127,59 @@ def test_ties_count_against_the_probe():
     assert out["rank1"] == 0.0 and out["rank20"] == 1.0
 
 
+def test_collapsed_model_ranks_every_mate_last():
+    """Every feature identical (or zero): every score ties, each mate has the G - 1 non-mates ahead of it,
+    so rank-k = 0 for k < G and 1 for k >= G (G = 50 single-mate gallery, 200 probes), by hand and by a
+    direct transcription of "rank = 1 + #{non-mates with score >= the best mate's}". Zero features are
+    not an error: L2-normalised they stay zero and tie everywhere, the same result."""
+    rng = np.random.default_rng(3)
+    g_labels = rng.permutation(50)
+    p_labels = rng.integers(0, 50, 200)
+    ks = (1, 5, 10, 49, 50, 60)
+    by_hand = [float(k >= 50) for k in ks]
+    for row in (np.full(8, 0.25), np.zeros(8)):
+        s = idn.search(np.tile(row, (200, 1)), np.tile(row, (50, 1)), p_labels, g_labels)
+        assert s.rank.tolist() == [50.0] * 200
+        assert idn.cmc(s.rank, ks).tolist() == by_hand
+        scores = np.tile(row, (200, 1)) @ np.tile(row, (50, 1)).T
+        mates = p_labels[:, None] == g_labels[None, :]
+        loop = [1 + sum(1 for j in range(50) if not mates[i, j] and scores[i, j] >= scores[i, mates[i]].max())
+                for i in range(200)]  # fmt: skip
+        assert [np.mean(np.array(loop) <= k) for k in ks] == by_hand
+    out = protocols_lq.tinyface(np.zeros((6, 4)), np.ones(6), np.array([1, 2, 1, 2, -100, -100]), np.arange(6) < 2)
+    assert out["rank1"] == 0.0 and out["rank5"] == 1.0  # gallery of 4: rank 4 for both probes
+
+
+def test_one_tie_by_hand():
+    """Probe 0: its mate (column 1) ties with the non-mate column 0 -> rank 2 (1 if ties went to the mate).
+    Probe 1: two mates tied with each other at 0.9, no non-mate at or above -> rank 1 (a tie between
+    mates is no loss). Probe 2: its mate ties with both non-mates -> rank 3."""
+    scores = np.array([[0.5, 0.5, 0.2], [0.3, 0.9, 0.9], [0.7, 0.7, 0.7]])
+    mates = np.array([[0, 1, 0], [0, 1, 1], [1, 0, 0]], bool)
+    s = idn.search_scores(scores, mates)
+    assert s.rank.tolist() == [2.0, 1.0, 3.0]
+    np.testing.assert_allclose(idn.cmc(s.rank, [1, 2, 3]), [1 / 3, 2 / 3, 1.0])
+    np.testing.assert_allclose(dir_far_loop(scores[[1]], mates[[1]], [1], [1.0]), [[1.0]])
+
+
+def test_non_finite_features_name_the_set():
+    emb, labels, is_probe = _toy_set()
+    emb = emb.copy()
+    emb[1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"^tinyface: features contain NaN or inf: 1 of 3 probe and 0 of 4 gallery"):
+        protocols_lq.tinyface(emb, np.ones(7), labels, is_probe)
+    emb[5] = np.inf  # L2-normalised: inf / inf = NaN
+    with np.errstate(invalid="ignore"), pytest.raises(ValueError, match=r"^scface_val: .*: 1 of 3 probe and 1 of 4"):
+        protocols_lq.scface(emb, np.ones(7), labels, is_probe, np.ones(7), set_name="scface_val")
+    with pytest.raises(ValueError, match=r"^x: scores contain NaN or inf in 2 of 3 probe rows"):
+        idn.search_scores(np.array([[np.nan, 1], [0, 1], [0, -np.inf]]), np.eye(3, 2, dtype=bool), name="x")
+    # a zero embedding divided by its zero norm: NaN, and the message says what that may mean
+    with np.errstate(invalid="ignore"):
+        unit = np.zeros((1, 3)) / np.zeros((1, 1))
+    with pytest.raises(ValueError, match="collapsed one whose zero features were divided by their zero norm"):
+        idn.search(unit, np.eye(3), [0], [0, 1, 2], name="tinyface")
+
+
 def test_distractors_are_never_mates():
     p, g = np.eye(2), np.array([[1.0, 0.0], [0.0, 1.0]])
     s = idn.search(p, g, [idn.DISTRACTOR, 1], [idn.DISTRACTOR, 1])
@@ -232,6 +285,21 @@ def test_protocols_run_through_evaluate_set():
     assert evaluate_set("tinyface", res, targets, protocols)["rank1"] == pytest.approx(1 / 3)
     part = {k: v[:5] for k, v in res.items()}  # a limit_val_batches run: skipped with a warning, no crash
     assert evaluate_set("tinyface", part, targets, protocols) == {}
+
+
+def test_evaluate_set_names_the_set_of_nan_embeddings(caplog):
+    import logging
+
+    from fiqa.methods.base import evaluate_set
+
+    emb, labels, is_probe = _toy_set()
+    emb = emb.astype(np.float32)
+    emb[0] = np.nan
+    res = {"indices": np.arange(7), "embeddings": emb, "qualities": np.ones(7, np.float32)}
+    with caplog.at_level(logging.WARNING):
+        out = evaluate_set("tinyface_x", res, {"labels": labels, "is_probe": is_probe}, {"id": protocols_lq.tinyface})
+    assert out == {}  # skipped: no rank metric reaches the logger
+    assert "tinyface_x: features contain NaN or inf: 1 of 3 probe" in caplog.text
 
 
 def test_identification_imports_no_torch():

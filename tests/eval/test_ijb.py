@@ -115,8 +115,21 @@ def insightface_1n(query_feats, gallery_feats, mask, fars, ks=(1, 5, 10)):
     return out
 
 
+def ties_against_mate_loop(sim, mask, ks):
+    """rank-k with ties against the mate, probe by probe: the mate's 0-based rank is the number of
+    other gallery columns whose similarity is >= the mate's; a hit at k iff that number is < k."""
+    out = {}
+    for k in ks:
+        hits = 0
+        for i in range(sim.shape[0]):
+            ahead = sum(1 for j in range(sim.shape[1]) if j != mask[i] and sim[i, j] >= sim[i, mask[i]])
+            hits += ahead < k
+        out[f"rank{k}"] = hits / sim.shape[0]
+    return out
+
+
 def nist_loop(sim, probe_subj, gallery_subj, split, fpirs, rank=1):
-    """The documented NIST open-set definition, probe by probe."""
+    """The documented NIST open-set definition, probe by probe (a non-mate tied with the mate ranks first)."""
     res = {x: [] for x in fpirs}
     for s in sorted(set(split.tolist())):
         cols = [j for j in range(len(gallery_subj)) if split[j] == s]
@@ -136,7 +149,7 @@ def nist_loop(sim, probe_subj, gallery_subj, split, fpirs, rank=1):
             hits = 0
             for i in mated:
                 mate = subj_cols[probe_subj[i]]
-                r = sum(1 for j in cols if sim[i, j] > sim[i, mate])
+                r = sum(1 for j in cols if j != mate and sim[i, j] >= sim[i, mate])
                 hits += r < rank and sim[i, mate] > th
             res[x].append(hits / len(mated))
     return {f"tpir_nist@fpir{I.sci_key(x)}": float(np.mean(v)) for x, v in res.items()}
@@ -337,6 +350,135 @@ def test_identify_errors_and_non_mated_probes():
     got = I.identify(pf, ps2, gf, gs)
     mask = np.array([int(np.flatnonzero(gs == s)[0]) for s in ps2[5:]])
     assert got["rank1"] == pytest.approx(insightface_1n(pf[5:], gf, mask, (0.1,))["rank1"])
+
+
+# ---- ties and non-finite features ----------------------------------------------------------------------
+def collapsed_set(kind, n_gallery=50, n_probe=200, dim=8, seed=0):
+    """A collapsed model's 1:N templates: every feature the same unit vector, or every feature zero."""
+    rng = np.random.default_rng(seed)
+    gs = rng.permutation(n_gallery) + 1000
+    ps = rng.integers(0, n_gallery, n_probe) + 1000
+    row = np.full(dim, 1 / np.sqrt(dim), np.float32) if kind == "identical" else np.zeros(dim, np.float32)
+    return np.tile(row, (n_probe, 1)), ps, np.tile(row, (n_gallery, 1)), gs
+
+
+@pytest.mark.parametrize("kind", ["identical", "zero"])
+def test_collapsed_model_ranks_every_mate_last(kind):
+    """Issue: a collapsed model scored rank1/5/10 = 1.0 (ties went to the mate). Every score ties, so
+    with ties against the mate each mate has all G - 1 non-mates ahead of it: rank-k = 0 for k < G and
+    1 for k >= G (G = 50). Zero features are not an error (a zero template is legitimate, e.g. CR-FIQA
+    weighting with q' = 0): they score 0 with everything and give the same result as identical ones."""
+    pf, ps, gf, gs = collapsed_set(kind)
+    g = gs.size
+    ks = (1, 5, 10, g - 1, g, g + 10)
+    by_hand = {f"rank{k}": float(k >= g) for k in ks}  # every mate at 0-based rank G - 1
+    assert by_hand["rank1"] == by_hand["rank5"] == by_hand["rank10"] == 0.0
+    got = I.identify(pf, ps, gf, gs, ranks=ks, fpirs=(1e-2, 1e-1), gallery_split=np.arange(g) % 2)
+    assert {k: got[k] for k in by_hand} == by_hand
+    mask = np.array([int(np.flatnonzero(gs == s)[0]) for s in ps])
+    assert ties_against_mate_loop(pf @ gf.T, mask, ks) == by_hand  # the rule, transcribed independently
+    # the thresholded rates compare mate > threshold strictly: a tie with the threshold fails too
+    assert all(got[k] == 0.0 for k in got if k.startswith("tpir"))
+    curves = I.identify(pf, ps, gf, gs, return_curves=True)["curves"]["cmc"]["1:N"]
+    np.testing.assert_array_equal(curves[1], (curves[0] >= g).astype(float))
+
+
+@pytest.mark.parametrize("kind", ["identical", "zero"])
+def test_collapsed_model_through_the_protocol(kind):
+    """The whole IJB protocol on a collapsed model's raw image embeddings (constant or zero): templates
+    are all equal (or all zero) and rank1/5/10 = 0 (gallery of 8 templates)."""
+    f, tid, mid, q, face = toy_set(3, n_templates=24)
+    f = np.ones_like(f) * 3.0 if kind == "identical" else np.zeros_like(f)
+    ids = np.unique(tid)
+    gal, prb = ids[::3], np.setdiff1d(ids, ids[::3])
+    subj = np.arange(ids.size) % gal.size
+    m = protocols.ijb(embeddings=f, qualities=q, template_ids=tid, media_ids=mid, faceness=face,
+                      gallery_templates=gal, gallery_subjects=subj[::3], probe_templates=prb,
+                      probe_subjects=subj[np.searchsorted(ids, prb)], set_name="ijbc")  # fmt: skip
+    assert (m["rank1"], m["rank5"], m["rank10"]) == (0.0, 0.0, 1.0)  # G = 8: rank10 >= G finds every mate
+
+
+def test_one_tie_by_hand():
+    """Gallery: three subjects on the axes of R^3. Probe A (subject 10) scores (0.6, 0.8, 0): mate 0.6
+    behind 0.8, 0-based rank 1. Probe B (subject 11) scores (s, s, 0), s = 1/sqrt(2) exactly tied with
+    the non-mate 0: rank 1 (it was 0 when the tie went to the mate). Probe C (subject 12) is on its
+    mate's axis: rank 0. So rank1 = 1/3 (was 2/3), rank2 = rank3 = 1.
+
+    insightface's TPIR@FPIR 0.34: k = ceil(3 * 0.34) = 2, the non-mate sims sorted 0.8, s, 0, 0, 0, 0,
+    th = s; mate_sim > th holds for C only (B's mate equals th): 1/3. NIST (one split, closed:
+    leave-mate-out): tops 0.8 (A), s (B), 0 (C); FPIR 0.34 allows floor(1.02) = 1 above T, so T = s;
+    rank 0 and mate > T: C only, 1/3. FPIR 1: T = -inf, rank 0: C only, 1/3."""
+    s = np.float32(1 / np.sqrt(2))
+    gf = np.eye(3, dtype=np.float32)
+    gs = np.array([10, 11, 12])
+    pf = np.array([[0.6, 0.8, 0], [s, s, 0], [0, 0, 1]], np.float32)
+    ps = np.array([10, 11, 12])
+    sim = pf @ gf.T
+    assert sim[1, 0] == sim[1, 1]  # the tie is exact
+    got = I.identify(pf, ps, gf, gs, ranks=(1, 2, 3), fpirs=(0.34, 1.0))
+    assert got["rank1"] == pytest.approx(1 / 3) and got["rank2"] == 1.0 and got["rank3"] == 1.0
+    assert got["tpir@fpir3.4e-1"] == pytest.approx(1 / 3)
+    assert got["tpir_nist@fpir3.4e-1"] == pytest.approx(1 / 3) and got["tpir_nist@fpir1e0"] == pytest.approx(1 / 3)
+    assert ties_against_mate_loop(sim, [0, 1, 2], (1, 2, 3)) == pytest.approx(
+        {k: got[k] for k in ("rank1", "rank2", "rank3")}
+    )
+    # NIST at rank 2: B's tied mate is now within the top 2 (T = -inf at FPIR 1): A, B and C
+    assert I.identify(pf, ps, gf, gs, fpirs=(1.0,), nist_rank=2)["tpir_nist@fpir1e0"] == 1.0
+
+
+def test_non_finite_features_are_an_error_naming_the_set():
+    pf, ps, gf, gs = one_to_n_set(4, n_subj=10, n_probe=50)
+    bad = pf.copy()
+    bad[[3, 7, 9]] = np.nan
+    with pytest.raises(ValueError, match=r"^ijbc: 3 of 50 1:N probe template features are NaN or inf"):
+        I.identify(bad, ps, gf, gs, name="ijbc")
+    bad_g = gf.copy()
+    bad_g[2, 0] = np.inf
+    with pytest.raises(ValueError, match=r"^IJB: 1 of 10 1:N gallery template features are NaN or inf"):
+        I.identify(pf, ps, bad_g, gs)  # default name
+    # a zero feature divided by its zero norm (a collapsed model, normalised without an epsilon)
+    raw = np.r_[pf[:49], np.zeros((1, pf.shape[1]), np.float32)]
+    with np.errstate(invalid="ignore"):
+        nan_unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    with pytest.raises(ValueError, match=r"ijbb: 1 of 50 .* collapsed one whose zero features were divided by"):
+        I.identify(nan_unit, ps, gf, gs, name="ijbb")
+    # raw image embeddings through the protocol: counted before aggregation, named by set_name
+    f, tid, mid, q, face = toy_set(5, n_templates=12)
+    f[[0, 5]] = np.nan
+    f[8, 1] = -np.inf
+    ids = np.unique(tid)
+    kw = dict(template_ids=tid, media_ids=mid, faceness=face, gallery_templates=ids[:4],
+              gallery_subjects=np.arange(4), probe_templates=ids[4:], probe_subjects=np.arange(8) % 4)  # fmt: skip
+    with pytest.raises(ValueError, match=rf"^ijbc: 3 of {tid.size} image embeddings are NaN or inf"):
+        protocols.ijb(embeddings=f, qualities=q, **kw, set_name="ijbc")
+    with pytest.raises(ValueError, match=r"^IJB: 3 of .* image embeddings"):
+        I.aggregate(f, tid, mid, chunk_images=4)  # counted over every chunk
+    # templates given to verify directly
+    t = I.aggregate(np.nan_to_num(f), tid, mid)
+    t_bad = I.Templates(t.ids, np.where(np.arange(t.ids.size)[:, None] == 1, np.nan, t.features), t.quality)
+    pairs = np.stack([ids[:6], ids[6:]], 1)
+    with pytest.raises(ValueError, match=r"^ijbb: 1 of 12 template features are NaN or inf"):
+        I.verify(t_bad, pairs, np.arange(6) % 2, name="ijbb")
+
+
+def test_non_finite_embeddings_skip_the_protocol_in_evaluate_set(caplog):
+    """Through the training loop's evaluate_set: the set's name reaches the error (set_name), the
+    protocol is skipped with a warning and no rank metric is logged (W&B's max stays clean)."""
+    import logging
+
+    from fiqa.methods.base import evaluate_set
+
+    f, tid, mid, q, face = toy_set(6, n_templates=12)
+    f[2] = np.nan
+    ids = np.unique(tid)
+    targets = dict(template_ids=tid, media_ids=mid, faceness=face, gallery_templates=ids[:4],
+                   gallery_subjects=np.arange(4), probe_templates=ids[4:], probe_subjects=np.arange(8) % 4,
+                   n_images=tid.size)  # fmt: skip
+    res = {"indices": np.arange(tid.size), "embeddings": f, "qualities": q.astype(np.float32)}
+    with caplog.at_level(logging.WARNING):
+        metrics = evaluate_set("ijbc", res, targets, {"ijb": protocols.ijb})
+    assert metrics == {}
+    assert f"ijbc: 1 of {tid.size} image embeddings are NaN or inf" in caplog.text
 
 
 # ---- the protocol -----------------------------------------------------------------------------------

@@ -17,8 +17,11 @@ Differences from that code, all documented choices:
   in chunks of probes, so TinyFace (3,728 x 157,871) never holds the full score matrix. On scores
   without ties the ranks are identical to the sort's.
 - **Ties** between a mate and a non-mate count *against* the probe (the non-mate ranks first). The
-  sort's order among ties is undefined (unstable ``argsort`` then reversed); the pessimistic rule
-  means a collapsed model (all embeddings equal, or zero) scores rank-1 = 0, never 1.
+  sort's order among ties is numpy's, not the model's (``argsort`` then reversed); the pessimistic rule
+  is deterministic and means a collapsed model (all embeddings equal, or zero: every score tied)
+  scores rank-k = 0 for every k below the gallery size, never 1 (W&B keeps the max of ``rank*``, so a
+  single collapsed epoch would otherwise show 1.0 for the rest of the run). :func:`fiqa.eval.ijb.identify`
+  (IJB-B/C) uses the same rule.
 - The open-set mate score of a probe with several mates is its best mate's score (the original
   asserts exactly one mate per probe); with one mate both are the same.
 - A FAR of 1.0 in a list with other FARs is an open-set threshold (the lowest non-mated max), as in
@@ -26,6 +29,9 @@ Differences from that code, all documented choices:
 
 Gallery entries labelled :data:`DISTRACTOR` (-100, TinyFace's distractors) are never mates in
 :func:`search`. Scores and embeddings must be finite: NaN would silently compare as "not greater".
+Non-finite rows raise a ValueError that names the set (``name``, the val set's name when called from
+:mod:`fiqa.eval.protocols_lq`) and counts them. A zero embedding is finite (L2-normalised it stays zero,
+score 0 with everything): a model collapsed to zero is not refused, it ranks every mate last.
 """
 
 from __future__ import annotations
@@ -85,9 +91,17 @@ class Searches:
         )
 
 
-def search_scores(scores: np.ndarray, label_mat: np.ndarray) -> Searches:
+_NON_FINITE_HINT = "a diverged model, or a collapsed one whose zero features were divided by their zero norm"
+
+
+def _non_finite_rows(x: np.ndarray) -> int:
+    return int(np.count_nonzero(~np.isfinite(x).all(axis=1))) if x.size else 0
+
+
+def search_scores(scores: np.ndarray, label_mat: np.ndarray, name: str | None = None) -> Searches:
     """Per-probe rank, best mate score and best non-mate score of a (P, G) score matrix
-    (higher = more similar) with its (P, G) boolean mate matrix."""
+    (higher = more similar) with its (P, G) boolean mate matrix. Ties count against the mate:
+    ``rank = 1 + #{non-mates with score >= the best mate's}``. ``name``: the set, in the errors."""
     s = np.asarray(scores, dtype=np.float64)
     m = np.asarray(label_mat)
     if s.ndim != 2 or m.shape != s.shape:
@@ -96,11 +110,17 @@ def search_scores(scores: np.ndarray, label_mat: np.ndarray) -> Searches:
         )
     if s.shape[1] == 0:
         raise ValueError("the gallery is empty")
-    if not np.all(np.isfinite(s)):
-        raise ValueError("scores contain NaN or inf (a diverged model?)")
+    bad = _non_finite_rows(s)
+    if bad:
+        where = f"{name}: " if name else ""
+        raise ValueError(f"{where}scores contain NaN or inf in {bad} of {s.shape[0]} probe rows ({_NON_FINITE_HINT})")
     m = m.astype(bool)
     mate_score = np.where(m, s, -np.inf).max(axis=1)
     nonmate_max = np.where(m, -np.inf, s).max(axis=1)
+    # Ties count AGAINST the mate (`>=`): a non-mate scoring exactly the best mate's score ranks first.
+    # The original's argsort leaves ties in numpy's order (the gallery order in practice), so a tie
+    # would be decided by gallery position, not by the model; counting ties for the mate let a collapsed
+    # model (every score equal) reach rank-1 = 1.0, which W&B's max summary of rank* would keep.
     ahead = np.count_nonzero(~m & (s >= mate_score[:, None]), axis=1)
     rank = np.where(np.isfinite(mate_score), ahead + 1.0, np.inf)
     return Searches(rank, mate_score, nonmate_max)
@@ -112,10 +132,12 @@ def search(
     probe_labels: np.ndarray,
     gallery_labels: np.ndarray,
     chunk_elements: int = CHUNK_ELEMENTS,
+    name: str | None = None,
 ) -> Searches:
     """Search every probe feature (P, D) in the gallery (G, D) by inner product, in float64 and in
     chunks of probes (at most ``chunk_elements`` scores at a time). A mate is a gallery entry with
-    the probe's label; entries labelled :data:`DISTRACTOR` never are. Pass unit features for cosine."""
+    the probe's label; entries labelled :data:`DISTRACTOR` never are. Pass unit features for cosine.
+    Non-finite feature rows raise a ValueError naming the set ``name`` and counting them."""
     p, g = np.asarray(probe, dtype=np.float64), np.asarray(gallery, dtype=np.float64)
     pl, gl = np.asarray(probe_labels).reshape(-1), np.asarray(gallery_labels).reshape(-1)
     if p.ndim != 2 or g.ndim != 2 or p.shape[1] != g.shape[1]:
@@ -124,14 +146,19 @@ def search(
         raise ValueError(
             f"one label per feature: {len(p)} probes / {len(pl)} labels, {len(g)} gallery / {len(gl)} labels"
         )
-    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(g))):
-        raise ValueError("features contain NaN or inf (a diverged model?)")
+    bad_p, bad_g = _non_finite_rows(p), _non_finite_rows(g)
+    if bad_p or bad_g:
+        where = f"{name}: " if name else ""
+        raise ValueError(
+            f"{where}features contain NaN or inf: {bad_p} of {len(p)} probe and {bad_g} of {len(g)} gallery "
+            f"rows ({_NON_FINITE_HINT})"
+        )
     if len(g) == 0:
         raise ValueError("the gallery is empty")
     can_mate = (gl != DISTRACTOR)[None, :]
     rows = max(1, int(chunk_elements) // len(g))
     parts = [
-        search_scores(p[a : a + rows] @ g.T, (pl[a : a + rows, None] == gl[None, :]) & can_mate)
+        search_scores(p[a : a + rows] @ g.T, (pl[a : a + rows, None] == gl[None, :]) & can_mate, name)
         for a in range(0, len(p), rows)
     ]
     if not parts:

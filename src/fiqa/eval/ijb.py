@@ -50,9 +50,14 @@ from the ``*_1N_probe_mixed.csv``; ``sim = P @ G.T`` of the unit templates. Ever
 gallery template (insightface raises otherwise, so does this). Probes whose subject has no gallery
 template are non-mated searches: they count only in the NIST variant.
 
-- ``rank<k>``: fraction of mated probes whose mate is among the top ``k``. The rank is the number of
-  gallery templates scoring strictly higher than the mate (a tie goes to the mate; insightface's
-  ``argsort(-sim)`` leaves ties in an unspecified order);
+- ``rank<k>``: fraction of mated probes whose mate is among the top ``k``. The (0-based) rank is the
+  number of non-mate gallery templates scoring *at least* the mate's similarity: **a tie counts against
+  the mate**. insightface ranks by ``argsort(-sim)``, whose order among equal scores is numpy's (the
+  gallery order in practice), so a tie is decided by where the mate sits in the gallery, not by the
+  model. The pessimistic rule is deterministic and gives a collapsed model (all templates equal, or
+  zero: every score ties) rank-k = 0 for every k below the gallery size, never 1.0 (which W&B, keeping
+  the max of ``rank*``, would show for the rest of the run). Without ties it is the argsort's rank. The
+  same rule as :func:`fiqa.eval.identification.search_scores`;
 - ``tpir@fpir<x>`` (insightface ``ijb_1n.py``, non-standard): ``k = ceil(n_probe x)``, ``th`` = the k-th
   largest of all non-mate similarities of the mated probes (every score but the mate's),
   ``TPIR = mean(mate_sim > th)``. Computed on a copy (insightface overwrites ``similarity`` in place);
@@ -60,10 +65,22 @@ template are non-mated searches: they count only in the NIST variant.
   the mated searches are the probes whose mate is in ``s``, the non-mated searches the others; the
   threshold ``T`` is the ``(m+1)``-th largest of the non-mated searches' top scores with
   ``m = floor(x n_nonmated)`` (so that ``#{top > T} <= x n_nonmated``: FPIR <= x); TPIR = fraction of
-  mated searches whose mate is at rank ``<= nist_rank`` (default 1) with a score ``> T``; the reported value
+  mated searches whose mate is at rank ``<= nist_rank`` (default 1; ties against the mate, as above)
+  with a score ``> T``; the reported value
   is the mean over the splits (the IJB-C convention of averaging G1 and G2). A split without non-mated
   searches (a single closed gallery) uses leave-mate-out: each mated search, with its mate removed, is also
   a non-mated search.
+
+Both thresholded rates compare ``mate_sim > threshold`` strictly (insightface's own rule), so a mate
+tied with the threshold also fails: a collapsed model scores 0 there too.
+
+**Finite features.** Image embeddings, aggregated templates and the features given to :func:`verify` /
+:func:`identify` must be finite; otherwise a ValueError names the set (``name``, the val set's name when
+called through :func:`fiqa.eval.protocols.ijb`) and says how many rows are NaN or inf. NaN compares as
+"not greater" and would silently rank a diverged model's mate first. A zero embedding is finite and
+stays a zero template (score 0 with every template, e.g. CR-FIQA's weighting with ``q' = 0``): a model
+that collapsed to zero gets every score tied, hence rank-k = 0 below the gallery size, not an error; a
+zero feature that a caller divided by its zero norm (NaN) is the error above.
 """
 
 from __future__ import annotations
@@ -145,6 +162,20 @@ def template_rows(ids: np.ndarray, query, what: str = "templates") -> np.ndarray
     return rows
 
 
+_NON_FINITE_HINT = "a diverged model, or a collapsed one whose zero features were divided by their zero norm"
+
+
+def _non_finite_rows(x: np.ndarray) -> int:
+    return int(np.count_nonzero(~np.isfinite(x).all(axis=1))) if x.size else 0
+
+
+def _require_finite(x: np.ndarray, what: str, name: str) -> None:
+    """ValueError naming the set when rows of the 2-D ``x`` hold NaN or inf."""
+    bad = _non_finite_rows(x)
+    if bad:
+        raise ValueError(f"{name}: {bad} of {x.shape[0]} {what} are NaN or inf ({_NON_FINITE_HINT})")
+
+
 def _as_1d(x, n: int, name: str, dtype=np.float64) -> np.ndarray:
     a = np.asarray(x, dtype=dtype)
     if a.shape != (n,):
@@ -182,12 +213,14 @@ def aggregate(
     quality_threshold: float | None = None,
     chunk_images: int = 1 << 15,
     dtype=np.float32,
+    name: str = "IJB",
 ) -> Templates:
     """Template features from per-image features (module docstring). ``features`` (N, D), any float
     dtype (not copied as a whole); ``template_ids``, ``media_ids`` (N,) integers; ``qualities`` (N,)
     (needed by every ``weighting`` but ``none``, and for ``Templates.quality``); ``faceness`` (N,)
     (needed by ``detector_score``). Sums are float64; the unit templates are returned as ``dtype``.
-    ``chunk_images``: images per chunk (whole templates; the result does not depend on it)."""
+    ``chunk_images``: images per chunk (whole templates; the result does not depend on it).
+    Non-finite embeddings or templates raise a ValueError naming the set ``name`` (module docstring)."""
     f = np.asarray(features)
     if f.ndim != 2 or not np.issubdtype(f.dtype, np.floating):
         raise ValueError(f"features must be a float (N, D) array, got {f.dtype} {f.shape}")
@@ -245,8 +278,10 @@ def aggregate(
     out = np.empty((n_t, d))
     q_media = np.empty(m_start.size) if weighting == "qmagface" else None
     bounds = _chunks(t_start, n, chunk_images)
+    n_bad = 0  # non-finite image rows, counted chunk by chunk (the features are never copied whole)
     for lo, hi in zip(bounds[:-1], bounds[1:]):  # a few chunks of whole templates
         x = f[order[lo:hi]].astype(np.float64)
+        n_bad += _non_finite_rows(x)
         w = a[lo:hi]
         if not norm_score:
             w = w / np.maximum(np.linalg.norm(x, axis=1), _EPS)
@@ -264,11 +299,15 @@ def aggregate(
             q_media[m0:m1] = qm
         t0, t1 = t_of_media[m0], t_of_media[m1 - 1] + 1
         out[t0:t1] = _group_sum(g, np.searchsorted(t_of_media[m0:m1], np.arange(t0, t1)))
+    if n_bad:
+        raise ValueError(f"{name}: {n_bad} of {n} image embeddings are NaN or inf ({_NON_FINITE_HINT})")
+    out = l2_normalize(out, axis=1, eps=_EPS)
+    _require_finite(out, "template features (after aggregation)", name)
     weight = None
     if weighting == "qmagface":
         weight = np.bincount(t_of_media, q_media**2, n_t) / np.bincount(t_of_media, q_media, n_t)
     quality = np.minimum.reduceat(qs, t_start) if qs is not None else np.full(n_t, np.nan)
-    return Templates(ts[t_start], l2_normalize(out, axis=1, eps=_EPS).astype(dtype, copy=False), quality, weight)
+    return Templates(ts[t_start], out.astype(dtype, copy=False), quality, weight)
 
 
 # ---- template-pair scores -----------------------------------------------------------------------
@@ -418,13 +457,15 @@ def verify(
     erc_fmrs=(1e-2, 1e-3, 1e-4),
     erc_mode: str = "recompute_nearest",
     return_curves: bool = False,
+    name: str = "IJB",
 ) -> dict:
     """1:1 metrics of template pairs ``pairs`` (P, 2) template ids with ``pair_labels`` (P,) (1 =
     genuine): TAR@FAR (both rules), ``roc_auc``, and the CR-FIQA ERC of the pair quality
     (min of the templates' min image quality) when the templates carry qualities (``erc_fmrs=()``
     skips it). ``score="qmagface"``: QMagFace's score with ``qmagface={"preset"} | {"alpha", "beta"}``
     (needs ``weighting="qmagface"`` templates). ``return_curves``: also ``"curves"`` with the ROC
-    (``roc``, labelled by the score) and the ERC (``erc``, one curve per FMR)."""
+    (``roc``, labelled by the score) and the ERC (``erc``, one curve per FMR). Non-finite template
+    features raise a ValueError naming the set ``name``."""
     pr = np.asarray(pairs)
     if pr.ndim != 2 or pr.shape[1] != 2:
         raise ValueError(f"pairs must be (P, 2) template ids, got shape {pr.shape}")
@@ -433,6 +474,7 @@ def verify(
         raise ValueError(f"pair_labels must have shape ({pr.shape[0]},), got {labels.shape}")
     if score not in SCORES:
         raise ValueError(f"score must be one of {list(SCORES)}, got {score!r}")
+    _require_finite(templates.features, "template features", name)
     r1 = templates.rows(pr[:, 0], "template pairs (column 1)")
     r2 = templates.rows(pr[:, 1], "template pairs (column 2)")
     s = pair_scores(templates.features, r1, r2)
@@ -489,10 +531,12 @@ def identify(
     fpirs=FPIRS,
     nist_rank: int = 1,
     return_curves: bool = False,
+    name: str = "IJB",
 ) -> dict:
     """1:N metrics (module docstring): ``rank<k>``, ``tpir@fpir<x>`` (insightface) and
     ``tpir_nist@fpir<x>``, on unit template features (``sim = P @ G.T``). ``return_curves``: also
-    ``"curves": {"cmc": {"1:N": (ranks, rates)}}`` up to rank ``max(20, max(ranks))`` (at most the gallery size)."""
+    ``"curves": {"cmc": {"1:N": (ranks, rates)}}`` up to rank ``max(20, max(ranks))`` (at most the gallery size).
+    Ties count against the mate; non-finite features raise a ValueError naming the set ``name``."""
     pf, gf = np.asarray(probe_features), np.asarray(gallery_features)
     ps, gs = np.asarray(probe_subjects).astype(np.int64), np.asarray(gallery_subjects).astype(np.int64)
     if pf.ndim != 2 or gf.ndim != 2 or pf.shape[1] != gf.shape[1]:
@@ -502,6 +546,8 @@ def identify(
     split = np.zeros(gs.size, np.int64) if gallery_split is None else np.asarray(gallery_split).astype(np.int64)
     if split.shape != gs.shape:
         raise ValueError(f"gallery_split must have shape {gs.shape}, got {split.shape}")
+    _require_finite(pf, "1:N probe template features", name)
+    _require_finite(gf, "1:N gallery template features", name)
     mate = _mates(gs, ps)
     mated = np.flatnonzero(mate >= 0)
     if mated.size == 0:
@@ -510,7 +556,17 @@ def identify(
     m = mate[mated]
     mate_sim = sim[mated, m]
     neg = sim[mated]  # a copy: insightface's in-place overwrite of `similarity` is not repeated
-    rank = np.count_nonzero(neg > mate_sim[:, None], axis=1)
+    neg[np.arange(mated.size), m] = -np.inf  # the mate's own column out: the non-mates remain
+    # Ties count AGAINST the mate: the 0-based rank is #{non-mates with sim >= the mate's}, i.e. the mate
+    # is placed after every non-mate it ties with. insightface's ijb_1n.py uses argsort(-similarity),
+    # whose order among equal scores is numpy's (the gallery order in practice), so there a tie is won
+    # or lost by the mate's gallery index, not by the model. Counting ties for the mate (`>`) gave a
+    # collapsed model (every template equal or zero: every score tied) rank1/5/10 = 1.0, NaN features
+    # too (NaN never compares greater; refused above). W&B keeps the max of val/*/rank*
+    # (fiqa.callbacks.wandb_setup), so one collapsed epoch would show 1.0 for the rest of the run.
+    # Against the mate it gets rank-k = 0 for every k below the gallery size. Without ties this is the
+    # argsort's rank. Same rule as fiqa.eval.identification.search_scores.
+    rank = np.count_nonzero(neg >= mate_sim[:, None], axis=1)
     out = {f"rank{k}": float(np.mean(rank < k)) for k in ranks}
     if return_curves:
         from fiqa.eval.report import cmc_points
@@ -518,7 +574,6 @@ def identify(
         out["curves"] = {"cmc": {"1:N": cmc_points(rank + 1.0, min(max([20, *ranks]), gs.size))}}
 
     # insightface: th = the k-th largest of all non-mate similarities of the (mated) probes
-    neg[np.arange(mated.size), m] = -np.inf
     neg = neg.ravel()
     n_neg = neg.size - mated.size
     ks = [min(max(math.ceil(mated.size * x), 1), n_neg) for x in fpirs]
@@ -540,13 +595,13 @@ def identify(
             continue
         local = np.searchsorted(cols, mate[mated_s])
         ms = sub[mated_s, local]
-        rank_s = np.count_nonzero(sub[mated_s] > ms[:, None], axis=1)
+        rest = sub[mated_s]  # a copy (fancy indexing), the mate's column out
+        rest[np.arange(mated_s.size), local] = -np.inf
+        rank_s = np.count_nonzero(rest >= ms[:, None], axis=1)  # ties against the mate, as rank<k> above
         nonmated = np.flatnonzero(~in_split)
         if nonmated.size:
             top = sub[nonmated].max(axis=1)
         else:  # closed gallery: leave-mate-out
-            rest = sub[mated_s].copy()
-            rest[np.arange(mated_s.size), local] = -np.inf
             top = rest.max(axis=1)
         top = np.sort(top)[::-1]
         for x in fpirs:
@@ -586,10 +641,12 @@ def evaluate(
     fpirs=FPIRS,
     nist_rank: int = 1,
     return_curves: bool = False,
+    name: str = "IJB",
 ) -> dict:
     """Aggregate, then the 1:1 metrics (when ``pairs`` are given) and the 1:N metrics (when the
     gallery and probe maps are given). ``embeddings`` (N, D) flip-fused raw; ``qualities`` (N,).
-    ``return_curves``: also ``"curves"``: ``{"roc": ..., "erc": ..., "cmc": ...}`` of the parts run."""
+    ``return_curves``: also ``"curves"``: ``{"roc": ..., "erc": ..., "cmc": ...}`` of the parts run.
+    ``name``: the set's name in the errors (e.g. non-finite embeddings)."""
     emb = np.asarray(embeddings)
     tid = np.asarray(template_ids)
     if emb.ndim != 2 or emb.shape[0] != tid.shape[0]:
@@ -612,6 +669,7 @@ def evaluate(
         detector_score=detector_score,
         weighting=weighting,
         quality_threshold=quality_threshold,
+        name=name,
     )
     out, curves = {}, {}
     if pairs is not None:
@@ -628,6 +686,7 @@ def evaluate(
                 erc_fmrs=erc_fmrs,
                 erc_mode=erc_mode,
                 return_curves=return_curves,
+                name=name,
             )
         )
         curves.update(out.pop("curves", {}))
@@ -645,6 +704,7 @@ def evaluate(
                 fpirs=fpirs,
                 nist_rank=nist_rank,
                 return_curves=return_curves,
+                name=name,
             )
         )
         curves.update(out.pop("curves", {}))

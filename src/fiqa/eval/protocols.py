@@ -11,7 +11,8 @@ comparison score (``val.<set>.score=qmagface``: QMagFace's quality-aware score).
 A protocol that can also give curves for plots takes ``return_curves: bool = False``; with ``True`` its
 dict has one more key, ``"curves"``: ``{kind: {label: (x, y)}}`` (kinds ``roc``, ``cmc``, ``erc``; see
 ``fiqa.eval.report.PLOTTERS``). ``fiqa.methods.base.evaluate_set`` asks for them and keeps them apart
-from the metrics, whose names do not change.
+from the metrics, whose names do not change. A protocol that takes ``set_name: str`` is given the val
+set's name (``evaluate_set``), for its error messages.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def ijb(
     fpirs=(1e-2, 1e-1),
     nist_rank: int = 1,
     return_curves: bool = False,
+    set_name: str = "IJB",
     **_,
 ) -> dict:
     """IJB-B/C (``fiqa.eval.ijb``): templates from the per-image embeddings (media mean, sum over media,
@@ -106,7 +108,9 @@ def ijb(
     1:1 TAR@FAR (insightface's nearest-FPR ``tar@far*`` and ``tar_strict@far*``), ``roc_auc`` and the
     pair ERC of the template quality (``erc_*``), and, when the set has the 1:N files, ``rank1/5/10``,
     ``tpir@fpir*`` (insightface) and ``tpir_nist@fpir*``. Every image of the set must be embedded.
-    ``return_curves``: the ROC, the ERC and the 1:N CMC as ``"curves"`` (module docstring)."""
+    ``return_curves``: the ROC, the ERC and the 1:N CMC as ``"curves"`` (module docstring). ``set_name``
+    (passed by ``fiqa.methods.base.evaluate_set``) names the set in the errors, e.g. NaN or inf embeddings.
+    1:N ties count against the mate (a collapsed model scores rank-k = 0, ``fiqa.eval.ijb``)."""
     from fiqa.eval import ijb as ijb_eval
 
     return ijb_eval.evaluate(
@@ -135,4 +139,5 @@ def ijb(
         fpirs=tuple(fpirs),
         nist_rank=nist_rank,
         return_curves=return_curves,
+        name=set_name,
     )

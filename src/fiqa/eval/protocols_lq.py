@@ -20,7 +20,10 @@ to rank ``max(20, max(ranks))`` (at most the gallery size): one curve ``all`` fo
 distance (``d1``, ``d2``, ``d3``) and ``all`` for SCface.
 
 The whole set must be embedded: a partial run (``limit_val_batches``, ``fast_dev_run``) raises a
-ValueError, which :func:`fiqa.methods.base.evaluate_set` turns into a warning.
+ValueError, which :func:`fiqa.methods.base.evaluate_set` turns into a warning; so do NaN or inf
+embeddings (the error names the set, ``set_name``, given by ``evaluate_set``, and counts the rows). Ties
+count against the mate (:mod:`fiqa.eval.identification`): a collapsed model scores rank-k = 0 below the
+gallery size.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from fiqa.eval.verification import far_key, l2_normalize
 __all__ = ["scface", "tinyface"]
 
 
-def _search(embeddings, labels, is_probe, chunk_elements: int) -> tuple[idn.Searches, np.ndarray]:
+def _search(embeddings, labels, is_probe, chunk_elements: int, set_name: str) -> tuple[idn.Searches, np.ndarray]:
     emb = np.asarray(embeddings, dtype=np.float64)
     labels = np.asarray(labels).reshape(-1)
     is_probe = np.asarray(is_probe, dtype=bool).reshape(-1)
@@ -47,7 +50,7 @@ def _search(embeddings, labels, is_probe, chunk_elements: int) -> tuple[idn.Sear
     if not is_probe.any() or is_probe.all():
         raise ValueError(f"the set needs probes and gallery images; got {int(is_probe.sum())} probes of {len(labels)}")
     f = l2_normalize(emb)
-    s = idn.search(f[is_probe], f[~is_probe], labels[is_probe], labels[~is_probe], chunk_elements)
+    s = idn.search(f[is_probe], f[~is_probe], labels[is_probe], labels[~is_probe], chunk_elements, set_name)
     return s, is_probe
 
 
@@ -83,6 +86,7 @@ def tinyface(
     reject: float = 0.2,
     chunk_elements: int = idn.CHUNK_ELEMENTS,
     return_curves: bool = False,
+    set_name: str = "tinyface",
     **_,
 ) -> dict:
     """TinyFace 1:N: probes against Gallery_Match + Gallery_Distractor.
@@ -92,7 +96,7 @@ def tinyface(
     rank-1 ``dir@far<x>``. TinyFace's probes all have mates, so the open-set thresholds come from each
     probe searched with its own mates removed (``open_set="mate_removed"``; ``"probes"``: from the
     non-mated probes, the original's rule, which needs such probes)."""
-    s, is_probe = _search(embeddings, labels, is_probe, chunk_elements)
+    s, is_probe = _search(embeddings, labels, is_probe, chunk_elements, set_name)
     out = _rank_metrics(s.rank, ranks)
     if fars:
         dirs, _, _ = idn.dir_at_far(s, [float(f) for f in fars], (1,), open_set)
@@ -113,6 +117,7 @@ def scface(
     reject: float = 0.2,
     chunk_elements: int = idn.CHUNK_ELEMENTS,
     return_curves: bool = False,
+    set_name: str = "scface",
     **_,
 ) -> dict:
     """SCface 1:N: surveillance probes against the frontal mugshots.
@@ -120,7 +125,7 @@ def scface(
     Returns ``rank1_d1``, ``rank1_d2``, ``rank1_d3`` (closed-set rank-1 of the probes at each distance,
     d1 the farthest; QGFace's ``scface/d1..d3``), ``rank1`` over all probes, and ``rank1_reject0.2``
     over all probes. More ``ranks`` add ``rank<k>`` and ``rank<k>_d<d>``."""
-    s, is_probe = _search(embeddings, labels, is_probe, chunk_elements)
+    s, is_probe = _search(embeddings, labels, is_probe, chunk_elements, set_name)
     d = np.asarray(distance).reshape(-1)
     if len(d) != len(is_probe):
         raise ValueError(f"one distance per image: {len(is_probe)} images, {len(d)} distances")

@@ -313,7 +313,9 @@ def evaluate_set(
     """Run a val set's protocols on its gathered outputs. When the outputs do not cover the whole
     set (``limit_val_batches``, ``fast_dev_run``), only complete pairs are evaluated, with a warning.
     With a ``curves`` dict, the protocols that take ``return_curves`` are asked for their curves, which
-    are merged into it (``{kind: {label: (x, y)}}``, ``fiqa.eval.protocols``); the metrics stay floats."""
+    are merged into it (``{kind: {label: (x, y)}}``, ``fiqa.eval.protocols``); the metrics stay floats.
+    A protocol that takes ``set_name`` is given ``name``. A protocol's ValueError (a partial set, NaN
+    embeddings, ...) skips it with a warning: its metrics are not logged."""
     indices, emb, q = res["indices"], res["embeddings"], res["qualities"]
     n_total = (
         int(targets["n_images"])
@@ -347,6 +349,8 @@ def evaluate_set(
     metrics = {}
     for key, protocol in protocols.items():
         extra = {"return_curves": True} if curves is not None and _takes(protocol, "return_curves") else {}
+        if _takes(protocol, "set_name"):  # named in its errors (e.g. NaN embeddings of a diverged model)
+            extra["set_name"] = name
         try:
             out = dict(protocol(embeddings=emb, qualities=q, **t, **extra))
         except ValueError as err:  # e.g. too few pairs for 10 folds in a fast_dev_run
