@@ -47,3 +47,10 @@ def test_unknown_task(tmp_path):
 def test_unknown_degradation_kind(tmp_path):
     out = _fails(*TINY, "+data.train.degradations.haze=1.0", tmp_path=tmp_path)
     assert "haze" in out and "valid choices" in out
+
+
+def test_zero_batch_size_names_the_key(tmp_path):
+    # it used to fail inside BatchNorm (0) or as "Invalid learning rate: -0.000390625" (-1)
+    proc = run_main(*TINY, "data.batch_size=0", f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode != 0
+    assert "data.batch_size=0: must be a positive integer" in proc.stderr, proc.stderr[-3000:]

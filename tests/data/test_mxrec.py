@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from fiqa.data.recordio import (
     pack,
 )
 from fiqa.data.transforms import ToModelInput
+from tests.helpers.jpeg_damage import overwritten, truncated
 from tests.helpers.realdata import jpeg, synth_images, write_rec
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "insightface_rec"
@@ -199,6 +201,40 @@ def test_skip_corrupt_skips_training_records_and_counts(tmp_path, samples):
     s = lenient[2]  # keys 3 and 4 (indices 2, 3) are bad: index 4 (key 5) is returned
     assert int(s["skipped"]) == 2 and int(s["label"]) == samples[4][1]
     assert int(lenient[0]["skipped"]) == 0
+
+
+def _damaged_rec(tmp_path, samples):
+    """Keys 3 (garbage over the middle of the scan data) and 6 (cut off mid-scan) are damaged JPEGs."""
+    damaged = {3: overwritten(jpeg(samples[2][0])), 6: truncated(jpeg(samples[5][0]))}
+    return MXRecDataset(write_rec(tmp_path / "r", samples, payloads=damaged))
+
+
+def test_damaged_jpeg_record_is_an_error_naming_the_record(tmp_path, samples):
+    ds = _damaged_rec(tmp_path, samples)
+    rec = re.escape(str(tmp_path / "r" / "train.rec"))
+    with pytest.raises(ImageDecodeError, match=rf"{rec}' key 3 \(byte offset \d+\).*corrupt JPEG.*Corrupt JPEG data"):
+        ds[2]
+    with pytest.raises(ImageDecodeError, match=rf"{rec}' key 6 \(byte offset \d+\).*(truncated|Premature end)"):
+        ds[5]
+    img, label, meta = ds[3]  # the records around them are intact
+    assert meta["key"] == 4 and label == samples[3][1]
+    np.testing.assert_array_equal(img, ds_reference(samples[3][0]))
+    with pytest.raises(ImageDecodeError, match="key 3"):
+        FaceDataset(ds, ToModelInput())[2]  # without data.skip_corrupt: training stops here
+
+
+def test_skip_corrupt_skips_and_counts_damaged_jpegs(tmp_path, samples):
+    lenient = FaceDataset(_damaged_rec(tmp_path, samples), ToModelInput(), skip_corrupt=True)
+    s = lenient[2]  # key 3 is damaged: key 4 (index 3) is returned
+    assert int(s["skipped"]) == 1 and int(s["label"]) == samples[3][1]
+    assert int(lenient[5]["skipped"]) == 1 and int(lenient[4]["skipped"]) == 0
+    # the same in forked DataLoader workers (each has its own stderr capture)
+    loader = torch.utils.data.DataLoader(lenient, batch_size=5, num_workers=2)
+    assert sum(int(b["skipped"].sum()) for b in loader) == 2
+
+
+def ds_reference(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg(rgb), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def test_pickles_without_the_map_and_reads_in_worker_processes(tmp_path, samples):

@@ -34,11 +34,13 @@ def write_rec(
     layout: str = "face2rec2",
     vector_labels: bool = True,
     corrupt_keys: tuple = (),
+    payloads: dict | None = None,
 ) -> Path:
     """``root/train.rec`` + ``train.idx``.
 
     face2rec2: header record 0 first, images 1..N (label ``[label, 1.0]`` or scalar), identity records
-    N+1..N+C. im2rec: keys 0..N-1, scalar labels, no header. ``corrupt_keys``: payloads that are not images."""
+    N+1..N+C. im2rec: keys 0..N-1, scalar labels, no header. ``corrupt_keys``: payloads that are not images;
+    ``payloads``: ``{key: bytes}`` written instead of those keys' JPEGs (e.g. damaged ones)."""
     root.mkdir(parents=True, exist_ok=True)
     w = MXIndexedRecordIO(root / "train.idx", root / "train.rec", "w")
     labels = [lab for _, lab in samples]
@@ -51,7 +53,7 @@ def write_rec(
     for j, (img, lab) in enumerate(samples):
         key = first + j
         label = [float(lab), 1.0] if (vector_labels and layout == "face2rec2") else float(lab)
-        payload = b"not an image" if key in corrupt_keys else jpeg(img)
+        payload = b"not an image" if key in corrupt_keys else (payloads or {}).get(key) or jpeg(img)
         w.write_idx(key, pack(IRHeader(0, label, key, 0), payload))
     if layout == "face2rec2":
         start = 1

@@ -151,8 +151,17 @@ class FaceDataModule(L.LightningDataModule):
         self.augment = augment
         self.train_reader = train
         self.val_sets = dict(val_sets or {})
-        self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
-        self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
+        def _int(key: str, value, low: int, what: str) -> int:  # an int (not a bool, 2.5 or "8") >= low
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"data.{key}={value!r}: must be {what}")
+            return int(value)
+
+        self.batch_size = _int("batch_size", batch_size, 1, "a positive integer (the global batch over all devices)")
+        self.val_batch_size = _int("val_batch_size", val_batch_size, 1, "a positive integer (the batch per device)")
+        self.num_workers = _int("num_workers", num_workers, 0, "an integer >= 0 (loader processes per device)")
+        if isinstance(flip, bool) or not isinstance(flip, (int, float, np.number)) or not 0 <= flip <= 1:
+            raise ValueError(f"data.flip={flip!r}: must be a number in [0, 1] (the probability of a horizontal flip)")
+        self.pin_memory = bool(pin_memory)
         self.to_input = ToModelInput(color, normalize_mean, normalize_std)
         steps = (
             [augment] if augment is not None and not (isinstance(augment, Compose) and not augment.transforms) else []
