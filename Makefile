@@ -36,6 +36,7 @@ bench:              ## speed figures (never part of the tests)
 	$(PY) benchmarks/partial_fc_memory.py
 	$(PY) benchmarks/throughput.py $(THROUGHPUT_ARGS)
 	$(PY) benchmarks/align_throughput.py
+	$(PY) benchmarks/checkpoint_cost.py
 
 lint:
 	$(PY) -m ruff check src tests benchmarks main.py

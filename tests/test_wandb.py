@@ -263,7 +263,8 @@ def test_main_logs_a_grouped_dashboard_offline(tmp_path):
     assert not any("*" in k for k in got["metrics"] if k != "*")
     accs = [h["val/synth/acc"] for h in got["history"] if "val/synth/acc" in h]
     aucs = [h["val/synth/erc_auc_fmr1e-2"] for h in got["history"] if "val/synth/erc_auc_fmr1e-2" in h]
-    assert len(accs) == 2 and got["summary"]["val/synth/acc"]["max"] == max(accs)
+    # one per epoch, and a third when the best checkpoint is an earlier epoch's (task=train's final evaluation)
+    assert len(accs) in (2, 3) and got["summary"]["val/synth/acc"]["max"] == max(accs)
     assert got["summary"]["val/synth/erc_auc_fmr1e-2"]["min"] == min(aucs)
     images = {k[: -len("/_type")] for h in got["history"] for k, v in h.items() if v == "images/separated"}
     assert {"val/synth/erc", "val/synth/quality_hist", "val/synth/quality_vs_degradation"} <= images

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fiqa.data.images import ImageDecodeError
 from fiqa.data.recordio import RecordIOError
+from fiqa.data.resume import EpochSampler, ResumableLoader, torch_generator
 from fiqa.data.transforms import Compose, RandomHorizontalFlip, ToModelInput
 from fiqa.utils.logging import get_logger
 
@@ -34,8 +35,9 @@ class FaceDataset(Dataset):
 
     MAX_CONSECUTIVE_CORRUPT = 100
 
-    def __init__(self, reader, transform, skip_corrupt: bool = False):
+    def __init__(self, reader, transform, skip_corrupt: bool = False, seed: int | None = None):
         self.reader, self.transform, self.skip_corrupt = reader, transform, bool(skip_corrupt)
+        self.seed = seed
         self._rng, self._rng_pid = None, None
 
     def rng(self) -> np.random.Generator:
@@ -63,9 +65,20 @@ class FaceDataset(Dataset):
             f"are unreadable; the data set is damaged beyond skipping"
         )
 
-    def __getitem__(self, i: int) -> dict:
+    def sample_rng(self, epoch: int, i: int) -> np.random.Generator:
+        """The generator of sample ``i``'s transforms in ``epoch``: a function of ``(seed, epoch, i)``, so a
+        resumed run, another worker count or another rank draws the same augmentation for it."""
+        return np.random.default_rng([int(self.seed) & 0xFFFFFFFF, int(epoch), int(i), 0xA6])
+
+    def __getitem__(self, key) -> dict:
+        """``key``: an index, or ``(epoch, index)`` from :class:`fiqa.data.resume.EpochSampler` (training)."""
+        if isinstance(key, (tuple, list)):
+            epoch, i = int(key[0]), int(key[1])
+            rng = self.sample_rng(epoch, i) if self.seed is not None else self.rng()
+        else:
+            i, rng = int(key), self.rng()
         (img, label, meta), skipped = self._read(i)
-        x = self.transform(img, self.rng())
+        x = self.transform(img, rng)
         return {
             **(x if isinstance(x, dict) else {"image": x}),  # a MultiView transform gives {name: view}
             # plain scalars: default_collate makes one int64 / float32 tensor per batch (cheaper than one per sample)
@@ -145,12 +158,15 @@ class FaceDataModule(L.LightningDataModule):
         normalize_std: float = 127.5,
         augment=None,
         skip_corrupt: bool = False,
+        seed: int | None = None,
     ):
         super().__init__()
+        self.seed = seed  # the data order and augmentation seed; None: the run seed (seed_everything)
         self.skip_corrupt = bool(skip_corrupt)
         self.augment = augment
         self.train_reader = train
         self.val_sets = dict(val_sets or {})
+
         def _int(key: str, value, low: int, what: str) -> int:  # an int (not a bool, 2.5 or "8") >= low
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"data.{key}={value!r}: must be {what}")
@@ -213,7 +229,20 @@ class FaceDataModule(L.LightningDataModule):
             worker_init_fn=_worker_init,
         )
 
+    def data_seed(self) -> int:
+        """``seed`` if given, else the run seed ``seed_everything`` set (``PL_GLOBAL_SEED``, every rank)."""
+        if self.seed is not None:
+            return int(self.seed)
+        return int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+
+    def _progress(self) -> int:
+        """Training batches the trainer has processed in the current epoch, for :class:`ResumableLoader`."""
+        return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
     def train_dataloader(self) -> DataLoader:
+        """The training loader: :class:`fiqa.data.resume.EpochSampler` (shuffled from ``(seed, epoch)``, this
+        rank's shard) in a :class:`fiqa.data.resume.ResumableLoader`, so a mid-epoch resume continues the
+        epoch's order exactly."""
         if self.train_reader is None:
             raise ValueError("no training data: set data=<name> (e.g. data=synthface)")
         if len(self.train_reader) < self.per_device_batch:
@@ -221,9 +250,29 @@ class FaceDataModule(L.LightningDataModule):
                 f"the training set has {len(self.train_reader)} images, fewer than one batch "
                 f"({self.per_device_batch}): lower data.batch_size"
             )
-        return self._loader(
-            FaceDataset(self.train_reader, self.train_transform, self.skip_corrupt), self.per_device_batch, True
+        seed = self.data_seed()
+        dataset = FaceDataset(self.train_reader, self.train_transform, self.skip_corrupt, seed=seed)
+        t = self.trainer
+        world, rank = (t.world_size, t.global_rank) if t is not None else (1, 0)
+        sampler = EpochSampler(dataset, self.per_device_batch, seed, num_replicas=world, rank=rank)
+        if len(sampler) < self.per_device_batch:
+            raise ValueError(
+                f"the training set has {len(self.train_reader)} images: {len(sampler)} per process, fewer than one "
+                f"batch ({self.per_device_batch}): lower data.batch_size"
+            )
+        loader = ResumableLoader(
+            dataset,
+            batch_size=self.per_device_batch,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=_worker_init,
+            generator=torch_generator(seed),
         )
+        loader.progress = self._progress if t is not None else None
+        return loader
 
     def val_dataloader(self) -> list:
         return [

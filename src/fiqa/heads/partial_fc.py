@@ -345,14 +345,14 @@ def setup_module(module: nn.Module) -> None:
     )
 
 
-def clip_gradients(module: nn.Module, optimizer, clip_val: float | None, algorithm: Any) -> bool:
+def clip_gradients(module: nn.Module, optimizer, clip_val: float | None, algorithm: Any) -> torch.Tensor | None:
     """Gradient-norm clipping with a sharded head: the norm of all gradients, the shards' squared norms
     summed over the ranks (the norm a single process with the whole head would see), so every rank
-    scales by the same factor and the backbone stays identical across ranks. Returns False (nothing
-    done) when the head is not sharded, clipping is off or by value (the caller clips as usual)."""
+    scales by the same factor and the backbone stays identical across ranks. Returns the total norm, or
+    None (nothing done) when the head is not sharded, clipping is off or by value (the caller clips as usual)."""
     head = getattr(module, "head", None)
     if not clip_val or not is_sharded(head) or (algorithm is not None and algorithm != "norm"):
-        return False
+        return None
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     shard = [p.grad for p in params if p is head.weight]
     rest = [p.grad for p in params if p is not head.weight]
@@ -362,7 +362,7 @@ def clip_gradients(module: nn.Module, optimizer, clip_val: float | None, algorit
     sq_rest = torch.nn.utils.get_total_norm(rest).float().to(device) ** 2 if rest else 0.0
     total = torch.sqrt(sq_rest + sq_shard)
     torch.nn.utils.clip_grads_with_norm_(params, float(clip_val), total)
-    return True
+    return total
 
 
 def _param_id(optimizer, param: torch.Tensor) -> int | None:

@@ -139,9 +139,27 @@ class FaceModule(L.LightningModule):
         release_spawned_process_group_at_exit()  # trainer=ddp_sim: see there
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Lightning's clipping, except by norm with a sharded head: the norm over all ranks' shards."""
-        if not partial_fc.clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm):
+        """Lightning's clipping, except by norm with a sharded head: the norm over all ranks' shards. Clipping
+        by norm also checks the norm: a non-finite gradient (with a finite loss) is handled as a non-finite
+        loss is (:meth:`_nonfinite`), before the optimizer could write it into the weights. (Not under
+        ``precision=16-mixed``, whose gradient scaler skips such steps itself.)"""
+        total = partial_fc.clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
+        by_norm = gradient_clip_val and gradient_clip_algorithm in (None, "norm")
+        if total is None and by_norm:
+            params = list(self.trainer.precision_plugin.main_params(optimizer))
+            total = torch.nn.utils.clip_grad_norm_(params, float(gradient_clip_val))
+        elif total is None:
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            if self.on_nonfinite == "skip":  # a skip must catch a non-finite gradient without clipping too
+                grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+                total = torch.nn.utils.get_total_norm(grads) if grads else None
+        if total is None or getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return
+        norm = float(total)
+        if not math.isfinite(norm) and self._nonfinite("gradient norm", norm, self._batch_indices):
+            for group in optimizer.param_groups:  # skip: no gradient, so the optimizer leaves every weight
+                for p in group["params"]:
+                    p.grad = None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         partial_fc.gather_optimizer_state(self, checkpoint)  # the shard's momentum as the full (C, D)
@@ -155,19 +173,67 @@ class FaceModule(L.LightningModule):
         partial_fc.shard_optimizer_state(self)  # after a resume: this rank's rows of the (C, D) state
 
     # ---- training -----------------------------------------------------------------------
-    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    #: ``trainer.on_nonfinite``: ``error`` (stop, the default) or ``skip`` (no optimizer step for that batch,
+    #: counted as ``train/nonfinite_skipped``); set by :func:`fiqa.tasks.build.build_trainer`
+    on_nonfinite: str = "error"
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        # skip mode: the forward pass of a batch that is then skipped must not leave its non-finite
+        # activations in the BatchNorm running statistics, so the buffers are kept to be put back
+        kept = [b.detach().clone() for b in self.buffers()] if self.on_nonfinite == "skip" else None
         out = self.embed(batch["image"])
         with full_precision(batch["image"]):  # heads, quality heads and losses in float32 (utils.precision)
             terms = self.losses(out, batch)
         loss = sum(terms.values())
         bs = batch["image"].shape[0]
+        self._batch_indices = batch.get("index") if isinstance(batch, Mapping) else None
+        value = float(loss.detach())
+        bad = not math.isfinite(value)
+        if self._trainer is not None and self._trainer.world_size > 1:  # every rank stops or skips together
+            flag = torch.tensor([1.0 if bad else 0.0], device=loss.device)
+            bad = bool(self.trainer.strategy.reduce(flag, reduce_op="sum").item() > 0)
+        if bad:
+            what = {k: float(v) for k, v in terms.items()} if not math.isfinite(value) else "finite here, not on a peer"
+            if self._nonfinite(f"loss {value} ({what})", value, self._batch_indices):
+                with torch.no_grad():
+                    for b, k in zip(self.buffers(), kept):
+                        b.copy_(k)
+                return None
+        self._last_finite = (int(self.global_step), value)
         self.log_dict({f"train/loss/{k}": v.detach() for k, v in terms.items()}, batch_size=bs)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite training loss at step {self.global_step}: { {k: float(v) for k, v in terms.items()} }"
-            )
         return loss
+
+    _last_finite: tuple[int, float] | None = None
+    _batch_indices: torch.Tensor | None = None
+    nonfinite_skipped: int = 0
+
+    def _nonfinite(self, what: str, value: float, indices) -> bool:
+        """A non-finite loss or gradient at this step: raise (``error``) or count it and return True (``skip``).
+        The message names the step, the batch's sample indices and the last finite loss; no checkpoint is
+        written from the weights, which the optimizer has not touched."""
+        idx = [] if indices is None else [int(i) for i in indices.detach().flatten().tolist()]
+        shown = ", ".join(map(str, idx[:16])) + (f", ... ({len(idx)} in all)" if len(idx) > 16 else "")
+        last = (
+            f"the last finite loss was {self._last_finite[1]:.6g} at step {self._last_finite[0]}"
+            if self._last_finite
+            else "no finite loss before it in this process"
+        )
+        where = f"step {self.global_step} (epoch {self.current_epoch})"
+        if self.on_nonfinite == "skip":
+            self.nonfinite_skipped += 1
+            self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), rank_zero_only=True)
+            log.warning(
+                f"trainer.on_nonfinite=skip: non-finite {what} at {where}, batch skipped "
+                f"({self.nonfinite_skipped} so far); samples [{shown}]; {last}"
+            )
+            return True
+        raise FloatingPointError(
+            f"non-finite training {what} at {where}; the batch's sample indices (data set positions): [{shown}]; "
+            f"{last}. Training stops before the optimizer step, so the weights and the last checkpoint are "
+            f"intact (resume with ckpt_path=last after lowering optim.optimizer.lr or raising "
+            f"trainer.gradient_clip_val); trainer.on_nonfinite=skip skips such batches and counts them"
+        )
 
     def optimized_modules(self) -> dict:
         return {

@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -17,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from fiqa.callbacks.corrupt import CorruptRecords
+from fiqa.callbacks.resume import ResumeData, RngStates
 from fiqa.callbacks.store_config import CONFIG_KEY, StoreConfig
 from fiqa.data.datamodule import FaceDataModule
 from fiqa.data.transforms import ToModelInput
@@ -135,7 +134,9 @@ def build_method(cfg: DictConfig, val_view: Mapping[str, Mapping]) -> FaceModule
 
 
 def build_callbacks(cfg: DictConfig, run_config: Mapping) -> list:
-    callbacks = [StoreConfig(run_config), CorruptRecords()]
+    """Ours on every run (the config in the checkpoint, skipped-record counts, every rank's random states),
+    then ``callbacks.*``."""
+    callbacks = [StoreConfig(run_config), CorruptRecords(), RngStates(), ResumeData()]
     for name, c in (cfg.get("callbacks") or {}).items():
         if isinstance(c, DictConfig) and "_target_" in c:
             callbacks.append(instantiate(c))
@@ -260,19 +261,53 @@ def compile_backbone(method: FaceModule, option: Any) -> None:
     log.info(f"trainer.compile: backbone compiled with torch.compile(mode={mode!r}); the first steps are slow")
 
 
+#: ``trainer.*`` keys that are ours, not ``lightning.Trainer`` arguments, with their defaults
+OWN_TRAINER_KEYS = {"compile": False, "on_nonfinite": "error"}
+NONFINITE_CHOICES = ("error", "skip")
+
+
 def split_trainer_config(trainer_cfg: DictConfig) -> tuple[DictConfig, Any]:
     """``cfg.trainer`` without our own keys (what ``lightning.Trainer`` takes), and ``compile``."""
+    tcfg, own = split_own_trainer_keys(trainer_cfg)
+    return tcfg, own["compile"]
+
+
+def split_own_trainer_keys(trainer_cfg: DictConfig) -> tuple[DictConfig, dict]:
+    """``cfg.trainer`` without :data:`OWN_TRAINER_KEYS`, and those keys' values."""
     tcfg = trainer_cfg.copy()
     with open_dict(tcfg):
-        compile_option = tcfg.pop("compile", False)
-    return tcfg, compile_option
+        own = {k: tcfg.pop(k, default) for k, default in OWN_TRAINER_KEYS.items()}
+    if own["on_nonfinite"] not in NONFINITE_CHOICES:
+        raise ValueError(
+            f"trainer.on_nonfinite={own['on_nonfinite']!r} is not valid; choose one of {list(NONFINITE_CHOICES)}"
+        )
+    return tcfg, own
+
+
+def build_plugins(cfg: DictConfig, tcfg: DictConfig) -> list:
+    """Our checkpoint writer/reader (atomic, clear errors, ``weights_only`` unless ``trust_checkpoint``),
+    after any plugins the trainer config names."""
+    from fiqa.utils.checkpoint_io import SafeCheckpointIO
+
+    given = tcfg.get("plugins")
+    plugins = [] if given is None else [instantiate(p) if isinstance(p, DictConfig) else p for p in given]
+    if not any(hasattr(p, "save_checkpoint") and hasattr(p, "load_checkpoint") for p in plugins):
+        plugins.append(SafeCheckpointIO(trust_checkpoint=bool(cfg.get("trust_checkpoint", False))))
+    return plugins
 
 
 def build_trainer(cfg: DictConfig, run_config: Mapping, method: FaceModule) -> L.Trainer:
-    """The Lightning Trainer from ``cfg.trainer``; our own keys (``compile``) are taken out first."""
-    tcfg, compile_option = split_trainer_config(cfg.trainer)
-    compile_backbone(method, compile_option)
-    return instantiate(tcfg, callbacks=build_callbacks(cfg, run_config), logger=build_loggers(cfg) or False)
+    """The Lightning Trainer from ``cfg.trainer``; our own keys (``compile``, ``on_nonfinite``) are taken out
+    first; our checkpoint IO is added to the plugins."""
+    tcfg, own = split_own_trainer_keys(cfg.trainer)
+    compile_backbone(method, own["compile"])
+    method.on_nonfinite = own["on_nonfinite"]
+    plugins = build_plugins(cfg, tcfg)
+    with open_dict(tcfg):
+        tcfg.pop("plugins", None)
+    return instantiate(
+        tcfg, callbacks=build_callbacks(cfg, run_config), logger=build_loggers(cfg) or False, plugins=plugins
+    )
 
 
 def build(cfg: DictConfig, with_train: bool = True) -> Built:
@@ -286,21 +321,12 @@ def build(cfg: DictConfig, with_train: bool = True) -> Built:
     return Built(datamodule, method, trainer, run_config)
 
 
-def load_checkpoint(path: str, trust_checkpoint: bool = False) -> dict:
-    """A checkpoint loaded with ``weights_only=True`` (no code execution); clear errors."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"ckpt_path={path!r}: no such file (give the path of a .ckpt, e.g. "
-            f"logs/train/runs/<time>/checkpoints/last.ckpt)"
-        )
-    try:
-        return torch.load(p, map_location="cpu", weights_only=not trust_checkpoint)
-    except Exception as err:  # pickle.UnpicklingError and friends
-        raise ValueError(
-            f"ckpt_path={path!r} cannot be loaded safely (weights_only=True): {err}. Load it with "
-            f"trust_checkpoint=true only if you trust where it comes from."
-        ) from err
+def load_checkpoint(path: str, trust_checkpoint: bool = False, key: str = "ckpt_path") -> dict:
+    """A checkpoint loaded with ``weights_only=True`` (no code execution); errors name ``key`` and the file
+    and say what is wrong (missing, truncated, unsafe, not a torch file)."""
+    from fiqa.utils.checkpoint_io import load_checkpoint_file
+
+    return load_checkpoint_file(path, key, trust_checkpoint)
 
 
 def is_fiqa_checkpoint(ckpt: Mapping) -> bool:
@@ -324,6 +350,7 @@ def load_model(
     quality_path: str | None = None,
     arch: str | None = None,
     require_quality: bool = True,
+    key: str = "ckpt_path",
 ) -> FaceModule:
     """A model from a checkpoint, ready for evaluation or scoring, with ``input_convention`` set.
 
@@ -331,7 +358,7 @@ def load_model(
     checkpoint, loaded strictly through :func:`fiqa.interop.load_released` (``ckpt_format``).
     ``require_quality=False`` (another quality source replaces the model's) lets a two-file release
     (EQFace) load from its backbone alone."""
-    ckpt = load_checkpoint(path, trust_checkpoint) if ckpt_format in ("auto", "fiqa") else None
+    ckpt = load_checkpoint(path, trust_checkpoint, key) if ckpt_format in ("auto", "fiqa") else None
     if ckpt is not None and is_fiqa_checkpoint(ckpt):
         train_cfg = OmegaConf.create(ckpt[CONFIG_KEY])
         method = build_method(train_cfg, val_view or {})
@@ -340,7 +367,7 @@ def load_model(
         method.source_config = train_cfg
         return method
     if ckpt_format == "fiqa":
-        raise ValueError(f"ckpt_path={path!r} holds no '{CONFIG_KEY}': it was not written by fiqa's task=train")
+        raise ValueError(f"{key}={path!r} holds no '{CONFIG_KEY}': it was not written by fiqa's task=train")
     from fiqa.interop import load_released, to_face_module
 
     released = load_released(
