@@ -36,8 +36,8 @@ STAND_IN = [
 EXTRA: dict[str, list[str]] = {"serfiq_ms1mv2_r100": ["backbone=iresnet_tiny", "val=[synth]"]}
 #: recipes that need another recipe's checkpoint: {name: (config key, the recipe that makes it)}
 NEEDS: dict[str, tuple[str, str]] = {
-    "eqface_step2": ("method.step1_ckpt", "eqface_step1"),
-    "eqface_step3": ("method.teacher_ckpt", "eqface_step2"),
+    "eqface_ms1mv2_r100_step2": ("method.step1_ckpt", "eqface_ms1mv2_r100_step1"),
+    "eqface_ms1mv2_r100_step3": ("method.teacher_ckpt", "eqface_ms1mv2_r100_step2"),
 }
 #: training-free recipes: they evaluate an FR model given as ckpt_path
 ON_A_MODEL: set[str] = {"serfiq_ms1mv2_r100"}

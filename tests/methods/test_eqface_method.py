@@ -1,5 +1,6 @@
 """EQFace's three steps: step 2 freezes the step-1 backbone (weights and BN statistics), step 3 trains a new
-backbone under a frozen teacher, the three experiment configs compose, and the chain runs through main.py."""
+backbone under a frozen teacher, the three paper recipes (experiment=eqface_ms1mv2_r100_step1|2|3) compose at paper
+scale and on the SynthFace stand-in, and the chain runs through main.py."""
 
 from __future__ import annotations
 
@@ -164,33 +165,52 @@ def test_collapse_warning(caplog):
 def test_experiment_configs_compose(cfg_factory):
     from fiqa.tasks import build as B
 
-    small = ["data.train.num_identities=4", "data.train.images_per_identity=2", "val.synth.dataset.num_pairs=20"]
+    # paper scale as composed (deepcam-cn/FaceQuality config.py / train_*.py; experiments/eqface/README.md)
     for step in (1, 2, 3):
-        cfg = cfg_factory(f"experiment=eqface_step{step}", *small)
+        cfg = cfg_factory(f"experiment=eqface_ms1mv2_r100_step{step}")
+        assert cfg.backbone._target_.endswith("eqface_resnet100") and cfg.backbone.dropout == 0.4
+        assert cfg.data.num_classes == 85742 and cfg.data.batch_size == 5000 and cfg.data.color == "rgb"
+        assert cfg.optim.optimizer._target_ == "torch.optim.SGD" and cfg.optim.optimizer.momentum == 0.9
+        assert cfg.optim.scheduler._target_.endswith("cosine_warmup") and cfg.optim.interval == "step"
+        assert cfg.optim.scheduler.warmup_fraction == 0.1 and cfg.optim.lr_ref_batch == 5000
+        assert cfg.trainer.max_epochs == 10 and cfg.trainer.gradient_clip_val is None
+        assert cfg.trainer.precision == "bf16-mixed"
+        assert sorted(cfg.val) == ["calfw", "cfp_fp", "cplfw", "lfw"]
+        lr, wd, floor = (0.01, 0.0, 1e-3) if step == 2 else (0.05, 5e-4, 2e-4)
+        assert (cfg.optim.optimizer.lr, cfg.optim.optimizer.weight_decay) == (lr, wd)
+        assert cfg.optim.scheduler.min_factor == pytest.approx(floor)  # lr_min 1e-5 / lr
+        assert cfg.run_name == f"eqface_ms1mv2_r100_step{step}-eqface_resnet100"
+
+    small = ["data=synthface", "backbone=iresnet_tiny", "val=[synth]", "data.train.num_identities=4",
+             "data.train.images_per_identity=2", "val.synth.dataset.num_pairs=20"]  # fmt: skip
+    for step in (1, 2, 3):
+        cfg = cfg_factory(f"experiment=eqface_ms1mv2_r100_step{step}", *small)
         assert cfg.method._target_ == "fiqa.methods.eqface.EQFace" and cfg.method.step == step
         assert cfg.head._target_ == "fiqa.heads.eqface.EQFaceHead" and (cfg.head.s, cfg.head.margin) == (64.0, 0.5)
         assert cfg.augment._target_.endswith("eqface_augment") and cfg.backbone._target_.endswith("iresnet_tiny")
-        assert cfg.run_name == f"eqface_step{step}-iresnet_tiny"
+        assert cfg.run_name == f"eqface_ms1mv2_r100_step{step}-iresnet_tiny"
         if step == 2:
-            assert (cfg.optim.optimizer.lr, cfg.optim.optimizer.weight_decay, cfg.optim.lr_ref_batch) == (0.01, 0, None)
+            assert (cfg.optim.optimizer.lr, cfg.optim.optimizer.weight_decay, cfg.optim.lr_ref_batch) == (0.01, 0, 5000)
             assert cfg.callbacks.model_checkpoint.monitor is None
         _, view = B.build_val(cfg)
         m = B.build_method(cfg, view)
         assert isinstance(m, EQFace) and m.step == step
-    cfg = cfg_factory("experiment=eqface_step3", "backbone=eqface_resnet50", *small)
+    cfg = cfg_factory("experiment=eqface_ms1mv2_r100_step3", "backbone=eqface_resnet50", *small[:1], *small[2:])
     assert cfg.backbone._target_.endswith("eqface_resnet50") and cfg.backbone.dropout == 0.4
 
 
 def test_three_steps_chain_through_main(tmp_path):
     """step 1 -> step 2 (step1_ckpt) -> step 3 (teacher_ckpt) -> task=eval of step 3, tiny settings."""
     start = time.monotonic()
-    small = [*TINY, "val.synth.dataset.num_pairs=100", "val.synth.dataset.num_identities=30",
+    # the paper recipes on the SynthFace stand-in: CPU fp32, lr as given (not scaled to the paper's 5000 images)
+    small = [*TINY, "data=synthface", "val=[synth]", "trainer.precision=32-true", "optim.lr_ref_batch=null",
+             "val.synth.dataset.num_pairs=100", "val.synth.dataset.num_identities=30",
              "callbacks.quality_plots=null"]  # fmt: skip
     runs = {s: tmp_path / f"step{s}" for s in (1, 2, 3)}
-    run_main("experiment=eqface_step1", *small, f"hydra.run.dir={runs[1]}")
-    run_main("experiment=eqface_step2", f"method.step1_ckpt={runs[1] / 'checkpoints/last.ckpt'}", *small,
+    run_main("experiment=eqface_ms1mv2_r100_step1", *small, f"hydra.run.dir={runs[1]}")
+    run_main("experiment=eqface_ms1mv2_r100_step2", f"method.step1_ckpt={runs[1] / 'checkpoints/last.ckpt'}", *small,
              f"hydra.run.dir={runs[2]}")  # fmt: skip
-    run_main("experiment=eqface_step3", f"method.teacher_ckpt={runs[2] / 'checkpoints/last.ckpt'}", *small,
+    run_main("experiment=eqface_ms1mv2_r100_step3", f"method.teacher_ckpt={runs[2] / 'checkpoints/last.ckpt'}", *small,
              f"hydra.run.dir={runs[3]}")  # fmt: skip
     sd = {s: torch.load(runs[s] / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
           for s in (1, 2, 3)}  # fmt: skip

@@ -10,7 +10,7 @@ classification logits scaled by the quality; three steps (shared/reference metho
    backbone is frozen (no gradient, ``eval()`` throughout, so its BatchNorm statistics and dropout never
    change); the quality branch :class:`~fiqa.backbones.eqface_resnet.EQFaceQuality` on the backbone's
    flattened pre-``fc`` map and the head are trained on logits scaled by ``q`` (EQFace: SGD lr 0.01, no
-   weight decay; ``experiment=eqface_step2``). Quality = ``q`` of the image and its mirror, averaged.
+   weight decay; ``experiment=eqface_ms1mv2_r100_step2``). Quality = ``q`` of the image and its mirror, averaged.
 3. **Feature with quality weighting (QW).** A NEW backbone and head are trained from scratch on logits
    scaled by the frozen teacher's ``q``: the teacher is the step-2 model (the frozen step-1 backbone + the
    step-2 branch) from ``method.teacher_ckpt``. It is kept as a frozen submodule ``teacher`` (``backbone``,
