@@ -237,8 +237,20 @@ def test_logger_kwargs_single_run_and_multirun(tmp_path, monkeypatch):
     finally:
         compose_cfg([], tmp_path)  # back to a single run's Hydra config for the tests that follow
     assert kw["name"] == "arcface-iresnet18-3" and kw["group"] == "2026-01-02_03-04-05" and kw["offline"] is False
-    assert ident == {"method": "arcface", "backbone": "iresnet18", "data": "synthface", "task": "train",
-                     "sweep": "2026-01-02_03-04-05", "job": 3}  # fmt: skip
+    assert ident == {"method": "arcface", "backbone": "iresnet18", "data": "synthface", "experiment": None,
+                     "task": "train", "sweep": "2026-01-02_03-04-05", "job": 3}  # fmt: skip
+
+
+def test_the_runs_of_one_experiment_share_its_group(tmp_path, monkeypatch):
+    """experiment=<recipe>: group = the recipe (single runs and sweeps alike), tag experiment:<recipe>."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = compose_cfg(["logger=wandb", "experiment=crfiqa_ms1mv2_r100"], tmp_path)
+    kw = W.logger_kwargs(cfg, cfg.logger.wandb)
+    assert kw["group"] == "crfiqa_ms1mv2_r100" and "experiment:crfiqa_ms1mv2_r100" in kw["tags"]
+    assert W.run_identity(cfg)["experiment"] == "crfiqa_ms1mv2_r100"
+    cfg = compose_cfg(["logger=wandb", "task=benchmark"], tmp_path)
+    kw = W.logger_kwargs(cfg, cfg.logger.wandb)
+    assert "group" not in kw and cfg.logger.wandb.job_type == "benchmark" and "task:benchmark" in kw["tags"]
 
 
 # ---- main.py --------------------------------------------------------------------------------------
@@ -254,8 +266,8 @@ def test_main_logs_a_grouped_dashboard_offline(tmp_path):
     assert r.display_name == "crfiqa-iresnet_tiny" and r.job_type == "train" and not r.run_group
     assert {"method:crfiqa", "backbone:iresnet_tiny", "data:synthface", "task:train"} <= set(r.tags)
     ident = got["config"]["run"]
-    assert ident == {"method": "crfiqa", "backbone": "iresnet_tiny", "data": "synthface", "task": "train",
-                     "sweep": None, "job": None}  # fmt: skip
+    assert ident == {"method": "crfiqa", "backbone": "iresnet_tiny", "data": "synthface", "experiment": None,
+                     "task": "train", "sweep": None, "job": None}  # fmt: skip
     assert got["config"]["config"]["task"] == "train" and "head" in got["config"]["config"]  # the resolved config
     # declared under their exact names (Lightning's '*' glob would compete with ours at random)
     assert got["metrics"]["val/synth/acc"] == {"max"} and got["metrics"]["val/synth/erc_auc_fmr1e-2"] == {"min"}

@@ -3,11 +3,13 @@ configured val sets' metrics.
 
 - :func:`logger_kwargs` (used by ``fiqa.tasks.build.build_loggers``): what the config leaves open on the
   ``WandbLogger``: ``offline`` (no ``WANDB_API_KEY``: offline, ``wandb sync`` later), ``group`` = the
-  sweep directory's name in a multirun, the run ``name`` ``<run_name>-<job number>`` in a multirun
+  experiment (``experiment=<recipe>``: every run of one paper recipe, single or in a sweep, in one group),
+  else the sweep directory's name in a multirun, the run ``name`` ``<run_name>-<job number>`` in a multirun
   (``run_name`` = ``<method>-<backbone>``), ``job_type`` = the task and the ``tags`` of the config plus
-  ``method:<m>``, ``backbone:<b>``, ``data:<d>``, ``task:<t>``.
+  ``method:<m>``, ``backbone:<b>``, ``data:<d>``, ``experiment:<e>``, ``task:<t>``.
 - :class:`WandbSetup` (callback, ``callbacks=default``): on rank 0, once per run, writes the run's
-  identity (``run.method``, ``run.backbone``, ``run.data``, ``run.task``, ``run.sweep``, ``run.job``) and
+  identity (``run.method``, ``run.backbone``, ``run.data``, ``run.experiment``, ``run.task``, ``run.sweep``,
+  ``run.job``) and
   the resolved config into the W&B config (group or filter by them), and declares the summaries
   (:func:`define_summaries`) of the metrics that the method's val sets and their protocols log.
 
@@ -139,15 +141,17 @@ def run_identity(cfg: Mapping | None = None) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    out: dict[str, Any] = {"method": None, "backbone": None, "data": None, "task": None, "sweep": None, "job": None}
+    out: dict[str, Any] = {"method": None, "backbone": None, "data": None, "experiment": None, "task": None,
+                           "sweep": None, "job": None}  # fmt: skip
     if cfg is not None:
         out["task"] = cfg.get("task")
     if not HydraConfig.initialized():
         return out
     hc = HydraConfig.get()
     choices = hc.runtime.choices
-    for key in ("method", "backbone", "data"):
-        out[key] = choices.get(key)
+    for key in ("method", "backbone", "data", "experiment"):
+        v = choices.get(key)
+        out[key] = None if v in (None, "null") else v
     if hc.mode == RunMode.MULTIRUN:
         out["sweep"] = Path(hc.sweep.dir).name
         out["job"] = int(hc.job.num)
@@ -161,14 +165,14 @@ def logger_kwargs(cfg, node: Mapping) -> dict[str, Any]:
     kw: dict[str, Any] = {}
     if node.get("offline") is None:  # offline without a key: no network needed, `wandb sync` later
         kw["offline"] = not os.environ.get("WANDB_API_KEY")
-    if node.get("group") is None and ident["sweep"] is not None:
-        kw["group"] = ident["sweep"]
+    if node.get("group") is None and (ident["experiment"] or ident["sweep"]) is not None:
+        kw["group"] = ident["experiment"] or ident["sweep"]  # the runs of one paper recipe together, else the sweep
     if ident["job"] is not None:
         kw["name"] = f"{node.get('name') or cfg.get('run_name')}-{ident['job']}"
     if node.get("job_type") is None and ident["task"]:
         kw["job_type"] = str(ident["task"])
     tags = [str(t) for t in (node.get("tags") or [])]
-    tags += [f"{k}:{ident[k]}" for k in ("method", "backbone", "data", "task") if ident[k] is not None]
+    tags += [f"{k}:{ident[k]}" for k in ("method", "backbone", "data", "experiment", "task") if ident[k] is not None]
     kw["tags"] = list(dict.fromkeys(t[:64] for t in tags))  # W&B: at most 64 characters a tag
     return kw
 

@@ -103,15 +103,7 @@ class FaceModule(L.LightningModule):
         """The comparison score of the pairs (rows 2p, 2p+1) of val set ``name``, or None for the cosine
         of the embeddings (the default). ``val.<set>.score=qmagface``: QMagFace's quality-aware score with
         ``val.<set>.qmagface.{preset | alpha, beta}``."""
-        spec = self.val_sets.get(name, {})
-        kind = spec.get("score", "cosine")
-        if kind in (None, "cosine"):
-            return None
-        if kind != "qmagface":
-            raise ValueError(f"val.{name}.score={kind!r} is not valid; choose one of ['cosine', 'qmagface']")
-        params = dict(spec.get("qmagface") or {})
-        alpha, beta, preset = params.get("alpha"), params.get("beta"), params.get("preset")
-        return qmagface_pair_scores(embeddings, qualities, alpha, beta, None if alpha is not None else preset)
+        return pair_similarity_of(name, self.val_sets.get(name, {}), embeddings, qualities)
 
     def losses(self, out: BackboneOutput, batch: Mapping[str, torch.Tensor]) -> dict:
         """Named loss terms (summed for the step). Default: CE on the margin logits (full or Partial FC)."""
@@ -355,6 +347,18 @@ class FaceModule(L.LightningModule):
 
     on_test_epoch_start = on_validation_epoch_start
     on_test_epoch_end = on_validation_epoch_end
+
+
+def pair_similarity_of(name: str, spec: Mapping, embeddings: np.ndarray, qualities: np.ndarray) -> np.ndarray | None:
+    """:meth:`FaceModule.pair_similarity` for the view ``spec`` of val set ``name`` (``fiqa.tasks.build.build_val``)."""
+    kind = spec.get("score", "cosine")
+    if kind in (None, "cosine"):
+        return None
+    if kind != "qmagface":
+        raise ValueError(f"val.{name}.score={kind!r} is not valid; choose one of ['cosine', 'qmagface']")
+    params = dict(spec.get("qmagface") or {})
+    alpha, beta, preset = params.get("alpha"), params.get("beta"), params.get("preset")
+    return qmagface_pair_scores(embeddings, qualities, alpha, beta, None if alpha is not None else preset)
 
 
 def qmagface_pair_scores(embeddings, qualities, alpha=None, beta=None, preset=None) -> np.ndarray:

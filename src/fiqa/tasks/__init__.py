@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 def _tasks() -> dict[str, Callable]:
     from fiqa.tasks.align import align
+    from fiqa.tasks.benchmark import benchmark
     from fiqa.tasks.compare import compare
     from fiqa.tasks.eval import evaluate
     from fiqa.tasks.export import run as export
@@ -23,6 +24,7 @@ def _tasks() -> dict[str, Callable]:
         "pack": pack,
         "quality": quality,
         "compare": compare,
+        "benchmark": benchmark,
         "export": export,
     }
 

@@ -43,7 +43,7 @@ def resolved_config(cfg: DictConfig) -> dict:
     """The run config with every interpolation resolved (the ``hydra`` node dropped)."""
     c = OmegaConf.to_container(cfg, resolve=True)
     c.pop("hydra", None)
-    for node in ("pack", "score", "export", "compare"):  # only their own task reads them
+    for node in ("pack", "score", "export", "compare", "benchmark"):  # only their own task reads them
         if c.get("task") != {"score": "quality"}.get(node, node):
             c.pop(node, None)
     return c

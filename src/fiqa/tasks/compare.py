@@ -14,35 +14,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 
 from fiqa.eval import quality_metrics as qm
 from fiqa.eval.compare import compare_sources, plot_erc, rows_of, write_tables
 from fiqa.eval.report import write_metrics
 from fiqa.eval.verification import l2_normalize
 from fiqa.methods.serfiq import SERFIQ
-from fiqa.quality.scoring import input_convention_of
 from fiqa.tasks.build import build_loggers, build_val, load_model, replaces_quality
+from fiqa.tasks.embed import embed_set
 from fiqa.utils.logging import get_logger
 
 log = get_logger(__name__)
-
-
-def _to_input(images: torch.Tensor, conv: dict) -> torch.Tensor:
-    """uint8 (B, H, W, 3) RGB -> float (B, 3, H, W) in a model's input convention."""
-    x = images.flip(-1) if conv.get("color", "rgb") == "bgr" else images
-    return (x.permute(0, 3, 1, 2).float() - float(conv.get("mean", 127.5))) / float(conv.get("std", 127.5))
-
-
-class _Raw(torch.utils.data.Dataset):
-    def __init__(self, reader):
-        self.reader = reader
-
-    def __len__(self) -> int:
-        return len(self.reader)
-
-    def __getitem__(self, i: int):
-        return torch.from_numpy(np.ascontiguousarray(self.reader[i][0])), i
 
 
 def _sources(cfg: DictConfig, model, device) -> dict:
@@ -64,34 +46,15 @@ def _sources(cfg: DictConfig, model, device) -> dict:
     return out
 
 
-@torch.no_grad()
 def _embed_set(cfg, model, dataset, sources, flip: bool, device):
-    conv = input_convention_of(model)
-    bs, workers = int(cfg.compare.batch_size), int(cfg.compare.num_workers)
-    loader = DataLoader(_Raw(dataset), batch_size=bs, num_workers=workers)
-    n = len(dataset)
-    emb, q = None, {name: np.empty(n) for name in sources}
-    rng = np.random.default_rng(int(cfg.seed))
-    for images, idx in loader:
-        x = _to_input(images, conv).to(device)
-        out = model(x)
-        e = out.embedding.float() + (model(x.flip(3)).embedding.float() if flip else 0)
-        if emb is None:
-            emb = np.empty((n, e.shape[1]), np.float32)
-        emb[idx.numpy()] = e.cpu().numpy()
-        for name, (other, kind) in sources.items():
-            if kind == "own":
-                v = out.quality
-            elif kind == "norm":
-                v = out.embedding.float().norm(dim=1)
-            elif kind == "model":
-                v = other(_to_input(images, input_convention_of(other)).to(device)).quality
-            else:
-                continue
-            q[name][idx.numpy()] = v.float().cpu().numpy()
-    if "random" in sources:
-        q["random"] = rng.random(n)
-    return emb, q
+    out = embed_set(
+        dataset, model, flip, {name: m for name, (m, kind) in sources.items() if kind == "model"},
+        int(cfg.compare.batch_size), int(cfg.compare.num_workers), device,
+    )  # fmt: skip
+    rand = np.random.default_rng(int(cfg.seed)).random(len(dataset)) if "random" in sources else None
+    picked = {"own": out["own"], "norm": out["norm"], "random": rand, "oracle": None}
+    q = {name: out[name] if kind == "model" else picked[kind] for name, (_, kind) in sources.items()}
+    return out["embeddings"], q  # the oracle is filled in by the caller (the set's ground truth)
 
 
 def compare(cfg: DictConfig) -> dict:
@@ -116,7 +79,7 @@ def compare(cfg: DictConfig) -> dict:
         if "oracle" in sources:
             if "degradation" not in targets:
                 log.warning(f"task=compare: no ground truth for the oracle on {name!r} (SynthFace only): left out")
-                q.pop("oracle")
+                q.pop("oracle", None)
             else:
                 q["oracle"] = -np.asarray(targets["degradation"], np.float64)
         scores = np.sum(l2_normalize(emb[0::2].astype(np.float64)) * l2_normalize(emb[1::2].astype(np.float64)), 1)
