@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -117,13 +118,16 @@ def _same(a: float, b: float) -> bool:
 
 
 def test_task_benchmark_two_models_four_sources_equals_compare_and_eval(trained_run, second_model, tmp_path):
-    if not FIXTURE.is_file():
-        pytest.skip(f"the mxnet-written fixture is missing: {FIXTURE}")
     data = tmp_path / "data"
     data.mkdir()
-    (data / "lfw.bin").symlink_to(FIXTURE)
+    sets = ("synth", "lfw")
+    if FIXTURE.is_file():
+        (data / "lfw.bin").symlink_to(FIXTURE)
+    else:  # the SynthFace half still runs; say what is left out
+        warnings.warn(f"the mxnet-written fixture is missing ({FIXTURE}): the .bin half is left out", stacklevel=1)
+        sets = ("synth",)
     crfiqa = trained_run / "checkpoints" / "last.ckpt"
-    common = [*TINY_VAL, "val=[synth,lfw]", f"paths.data_dir={data}"]
+    common = [*TINY_VAL, f"val=[{','.join(sets)}]", f"paths.data_dir={data}"]
     models = f"benchmark.models=[{{name:crfiqa,ckpt_path:{crfiqa}}},{{name:arcface,ckpt_path:{second_model}}}]"
     sources = f"[own,norm,random,{{name:other,ckpt_path:{crfiqa}}}]"
     run = tmp_path / "bench"
@@ -136,12 +140,13 @@ def test_task_benchmark_two_models_four_sources_equals_compare_and_eval(trained_
     cells = {(r["model"], r["source"], r["set"], r["metric"]): float(r["value"]) for r in rows}
     assert {k[:3] for k in cells if k[1] != "-"} == {(m, s, v) for m in ("crfiqa", "arcface")
                                                       for s in ("own", "norm", "random", "other")
-                                                      for v in ("synth", "lfw")}  # fmt: skip
+                                                      for v in sets}  # fmt: skip
     # 'other' is the CR-FIQA model's quality: under the CR-FIQA model it is its own quality
     auc = "erc_auc_fmr1e-2"
     assert cells[("crfiqa", "other", "synth", auc)] == cells[("crfiqa", "own", "synth", auc)]
     md = (run / "benchmark.md").read_text()
-    assert "| quality | crfiqa / synth | crfiqa / lfw | arcface / synth | arcface / lfw |" in md and "**" in md
+    head = " | ".join(f"{m} / {v}" for m in ("crfiqa", "arcface") for v in sets)
+    assert f"| quality | {head} |" in md and "**" in md
     for model, ckpt in (("crfiqa", crfiqa), ("arcface", second_model)):
         c = tmp_path / f"compare_{model}"
         run_main("task=compare", f"ckpt_path={ckpt}", f"compare.sources={sources}", "compare.fmrs=[1.0e-2]",
@@ -154,7 +159,7 @@ def test_task_benchmark_two_models_four_sources_equals_compare_and_eval(trained_
         run_main("task=eval", f"ckpt_path={ckpt}", *common, "data.num_workers=0", "trainer=cpu",
                  "callbacks.progress=null", f"hydra.run.dir={e}")  # fmt: skip
         ev = json.loads((e / "metrics.json").read_text())
-        for s in ("synth", "lfw"):
+        for s in sets:
             for k in ("acc", "val@far1e-3"):
                 if f"val/{s}/{k}" in ev:
                     want = ev[f"val/{s}/{k}"]  # logged as float32
@@ -163,11 +168,12 @@ def test_task_benchmark_two_models_four_sources_equals_compare_and_eval(trained_
     # a re-run with one more source reuses every embedding and quality computed before
     more = f"[own,norm,random,{{name:other,ckpt_path:{crfiqa}}},oracle]"
     again = run_main(*[a if not a.startswith("benchmark.sources") else f"benchmark.sources={more}" for a in args])
-    # 2 models x 2 sets of embeddings + the other model's quality of 2 sets, computed once and reused under the
+    # 2 models x the sets' embeddings + the other model's quality of each set, computed once and reused under the
     # second FR model (it does not depend on it); own, norm, random, oracle need no pass of their own
-    assert "2 reused, 6 computed" in first.stdout, re.findall(r"cache .*computed", first.stdout)
+    n = len(sets)
+    assert f"{n} reused, {3 * n} computed" in first.stdout, re.findall(r"cache .*computed", first.stdout)
     log = again.stderr + again.stdout
-    assert "8 reused, 0 computed" in log, re.findall(r"cache .*computed", log)
+    assert f"{4 * n} reused, 0 computed" in log, re.findall(r"cache .*computed", log)
     rows2 = {(r["model"], r["source"], r["set"], r["metric"]): float(r["value"]) for r in _rows(run / "benchmark.csv")}
     assert all(_same(rows2[k], v) for k, v in cells.items())
     assert ("crfiqa", "oracle", "synth", "erc_auc_fmr1e-2") in rows2
