@@ -37,6 +37,8 @@ bench:              ## speed figures (never part of the tests)
 	$(PY) benchmarks/throughput.py $(THROUGHPUT_ARGS)
 	$(PY) benchmarks/align_throughput.py
 	$(PY) benchmarks/checkpoint_cost.py
+	$(PY) benchmarks/grafiqs_cost.py
+	$(PY) benchmarks/froq_cost.py
 
 lint:
 	$(PY) -m ruff check src tests benchmarks main.py

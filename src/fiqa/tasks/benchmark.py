@@ -39,12 +39,12 @@ from fiqa.eval.report import write_metrics
 from fiqa.eval.verification import l2_normalize
 from fiqa.methods.base import evaluate_set, pair_similarity_of
 from fiqa.tasks.build import build_loggers, build_val, load_model
-from fiqa.tasks.embed import embed_set
+from fiqa.tasks.embed import OBSERVERS, embed_set, observer
 from fiqa.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-PER_MODEL = ("own", "norm", "serfiq")  # sources computed from the FR model itself
+PER_MODEL = ("own", "norm", *OBSERVERS)  # sources computed from the FR model itself
 FREE = ("random", "oracle")  # sources that need no model
 #: protocols that judge the model's own quality: left to the quality columns, not run as FR metrics
 _QUALITY_PROTOCOLS = ("erc_pairs", "erc_images", "reject_fnmr", "quality_vs_degradation")
@@ -56,7 +56,7 @@ class Spec:
     """An FR model (``benchmark.models``) or a quality source (``benchmark.sources``)."""
 
     name: str
-    kind: str  # model | own | norm | serfiq | random | oracle
+    kind: str  # model | own | norm | serfiq | grafiqs | froq | random | oracle
     ckpt_path: str | None = None
     ckpt_format: str = "auto"
     quality_ckpt_path: str | None = None
@@ -105,8 +105,8 @@ def parse_models(node) -> list[Spec]:
 
 
 def parse_sources(node) -> list[Spec]:
-    """``benchmark.sources``: ``own``, ``norm``, ``serfiq``, ``random``, ``oracle``, ``{name, ckpt_path}``
-    (another model's own quality) or ``{name, kind: own|norm|serfiq}`` (a per-model source renamed, e.g.
+    """``benchmark.sources``: ``own``, ``norm``, ``serfiq``, ``grafiqs``, ``froq``, ``random``, ``oracle``,
+    ``{name, ckpt_path}`` (another model's own quality) or ``{name, kind: <one of those>}`` (renamed, e.g.
     to the name a published table uses)."""
     choices = f"{list(PER_MODEL + FREE)}, {{name, ckpt_path}} or {{name, kind}}"
     out = []
@@ -173,7 +173,7 @@ class Benchmark:
         self.out_dir = Path(cfg.paths.output_dir)
         self.cache = Cache(Path(self.b.cache_dir) if self.b.get("cache_dir") else self.out_dir / "cache")
         self.fmrs = [float(f) for f in self.b.fmrs]
-        self.serfiq = OmegaConf.to_container(self.b.serfiq, resolve=True)
+        self.params = {k: OmegaConf.to_container(self.b[k], resolve=True) if self.b.get(k) else {} for k in OBSERVERS}
         if not self.fmrs:
             raise ValueError("benchmark.fmrs is empty; e.g. benchmark.fmrs=[1.0e-3,1.0e-4]")
         given = self.b.get("table_metrics")
@@ -213,14 +213,15 @@ class Benchmark:
             if "degradation" not in targets:
                 return None
             return -np.asarray(targets["degradation"], np.float64)
-        from fiqa.methods.serfiq import SERFIQ
-
-        if src.kind == "serfiq":
-            key, label = {"model": fr.fingerprint(), "serfiq": self.serfiq, **self._set_key(name)}, f"{fr.name}__serfiq"
+        if src.kind in OBSERVERS:  # SER-FIQ, GraFIQs, FROQ on the FR model
+            params = self.params[src.kind]
+            key = {"model": fr.fingerprint(), src.kind: params, **self._set_key(name)}
+            label = f"{fr.name}__{src.kind}"
 
             def run():
-                return {"q": self._run(ds, None, {"q": SERFIQ(self._load(fr), **self.serfiq).eval()},
-                                       label=f"SER-FIQ on {fr.name}, {name}")["q"]}  # fmt: skip
+                wrapped = observer(src.kind, self._load(fr), params).to(self.device)
+                return {"q": self._run(ds, None, {"q": wrapped}, label=f"{src.kind} on {fr.name}, {name}")["q"]}
+
         else:  # another model's own quality: does not depend on the FR model
             key, label = {"source": src.fingerprint(), **self._set_key(name)}, f"source_{src.name}"
 

@@ -4,8 +4,9 @@ the ERC of N quality sources on one FR model's comparison scores, per pair val s
 Writes ``erc_<set>_fmr<..>.png``, ``compare.csv``, ``compare.md`` and ``metrics.json``
 (``compare/<set>/<source>/auc_fmr1e-3`` ...) into the run dir, and the same to W&B (images + a
 table) when ``logger=wandb``. Sources: ``own`` (the FR model's quality), ``norm`` (its embedding
-magnitude), ``serfiq`` (SER-FIQ on it, ``compare.serfiq``), ``random``, ``oracle`` (minus the
-ground-truth degradation, SynthFace only), or another model's quality ``{name, ckpt_path}``."""
+magnitude), the training-free observers of it ``serfiq``, ``grafiqs``, ``froq`` (their settings:
+``compare.serfiq`` ...), ``random``, ``oracle`` (minus the ground-truth degradation, SynthFace only), or
+another model's quality ``{name, ckpt_path}`` (e.g. a distilled or SDD-FIQA model)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,8 @@ from fiqa.eval import quality_metrics as qm
 from fiqa.eval.compare import compare_sources, plot_erc, rows_of, write_tables
 from fiqa.eval.report import write_metrics
 from fiqa.eval.verification import l2_normalize
-from fiqa.methods.serfiq import SERFIQ
 from fiqa.tasks.build import build_loggers, build_val, load_model, replaces_quality
-from fiqa.tasks.embed import embed_set
+from fiqa.tasks.embed import OBSERVERS, embed_set, observer
 from fiqa.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -32,13 +32,15 @@ def _sources(cfg: DictConfig, model, device) -> dict:
     out = {}
     for s in cfg.compare.sources:
         if isinstance(s, str):
-            if s == "serfiq":
-                out[s] = (SERFIQ(model, **OmegaConf.to_container(cfg.compare.serfiq)).eval().to(device), "model")
+            if s in OBSERVERS:  # SER-FIQ, GraFIQs, FROQ on the FR model, with compare.<name> as their settings
+                params = OmegaConf.to_container(cfg.compare[s], resolve=True) if cfg.compare.get(s) else {}
+                out[s] = (observer(s, model, params).to(device), "model")
             elif s in ("own", "norm", "random", "oracle"):
                 out[s] = (None, s)
             else:
                 raise ValueError(
-                    f"compare.sources: unknown {s!r}; choose own, norm, serfiq, random, oracle or {{name, ckpt_path}}"
+                    f"compare.sources: unknown {s!r}; choose own, norm, random, oracle, {', '.join(OBSERVERS)} "
+                    f"or {{name, ckpt_path}}"
                 )
         else:
             other = load_model(str(s.ckpt_path), {}, bool(cfg.trust_checkpoint), str(s.get("ckpt_format", "auto")))
