@@ -47,3 +47,36 @@ def test_task_compare_on_synthface(trained_run, tmp_path):
     bad = run_main("task=compare", f"ckpt_path={ckpt}", "compare.sources=[magic]", f"hydra.run.dir={tmp_path / 'b'}",
                    check=False)  # fmt: skip
     assert bad.returncode != 0 and "compare.sources: unknown 'magic'" in bad.stderr
+
+
+def test_training_free_observers_are_compare_sources(trained_run, tmp_path):
+    """grafiqs and froq (like serfiq) observe the FR model of ckpt_path, with compare.<name> as their settings;
+    their column equals the quality of the same wrapper run in process."""
+    from fiqa.tasks.build import load_model
+    from fiqa.tasks.embed import embed_set, observer
+
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    run = tmp_path / "c"
+    run_main(
+        "task=compare",
+        f"ckpt_path={ckpt}",
+        "val.synth.dataset.num_pairs=100",
+        "val.synth.dataset.num_identities=30",
+        "compare.num_workers=0",
+        "compare.sources=[grafiqs,froq,random]",
+        "compare.froq.calibration_size=32",
+        "+compare.froq.label_params={T:5}",
+        f"hydra.run.dir={run}",
+    )
+    rows = {r["source"]: r for r in csv.DictReader(open(run / "compare.csv"))}
+    assert set(rows) == {"grafiqs", "froq", "random"}
+    from fiqa.data.synthface import SynthFacePairs
+    from fiqa.eval.erc import erc, pair_quality
+    from fiqa.eval.quality_metrics import pair_scores
+
+    ds = SynthFacePairs(num_pairs=100, num_identities=30, seed=0, level_beta=[1.0, 3.0])
+    model = load_model(str(ckpt)).eval()
+    out = embed_set(ds, model, True, {"g": observer("grafiqs", model, {"wrt": "block2", "negate": True, "chunk": 0})})
+    res = erc(pair_scores(out["embeddings"].astype(np.float64)), ds.targets()["issame"],
+              pair_quality(out["g"], reduce="min"), "recompute_nearest", [1e-2])  # fmt: skip
+    assert float(rows["grafiqs"]["auc"]) == pytest.approx(float(res.auc[0]), abs=1e-9)
