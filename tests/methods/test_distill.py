@@ -43,6 +43,11 @@ FAST = [
 ]
 
 
+# Loader workers forked after the label pass (cv2 ran in the parent): a pool inherited from the parent used
+# to hang the workers forever (fiqa.tasks._serial_opencv_in_this_process); one test trains with workers.
+WORKERS = [o for o in FAST if not o.startswith("data.num_workers=")] + ["data.num_workers=2"]
+
+
 def _degradation(seed: int = 0) -> np.ndarray:
     r = SynthFace(num_identities=IDS, images_per_identity=PER, seed=seed)
     return np.array([r.renderer.sample_level(i // PER, i % PER) for i in range(len(r))])
@@ -194,7 +199,8 @@ def test_ediffiqa_and_sddfiqa_run_end_to_end(trained_run, tmp_path):
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     ed = tmp_path / "ediffiqa"
     run_main("method=ediffiqa", f"method.quality_labels={{source:serfiq,ckpt_path:{ckpt},p:0.5,T:10}}",
-             "method.centre_min_images=2", *FAST, "trainer.max_epochs=1", f"hydra.run.dir={ed}")  # fmt: skip
+             "method.centre_min_images=2", *WORKERS, "trainer.max_epochs=1", f"hydra.run.dir={ed}",
+             timeout=180)  # fmt: skip
     assert len(_losses(ed, "train/loss/consistency")) == 4 and all(np.isfinite(_losses(ed, "train/loss/quality")))
     m = load_model(str(ed / "checkpoints" / "last.ckpt")).eval()
     assert type(m).__name__ == "EDifFIQA"
