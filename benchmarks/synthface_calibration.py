@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from fiqa.data.synthface import DEGRADATIONS, HELD_OUT_OFFSET, SynthFaceRenderer
 from fiqa.data.transforms import ToModelInput
-from fiqa.tasks.build import build_method, load_checkpoint
+from fiqa.methods.loading import build_method, load_checkpoint
 
 LEVELS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
 

@@ -52,8 +52,9 @@ def test_task_compare_on_synthface(trained_run, tmp_path):
 def test_training_free_observers_are_compare_sources(trained_run, tmp_path):
     """grafiqs and froq (like serfiq) observe the FR model of ckpt_path, with compare.<name> as their settings;
     their column equals the quality of the same wrapper run in process."""
-    from fiqa.tasks.build import load_model
-    from fiqa.tasks.embed import embed_set, observer
+    from fiqa.methods.loading import load_model
+    from fiqa.methods.wrappers import observer
+    from fiqa.quality.embed import embed_set
 
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     run = tmp_path / "c"

@@ -170,7 +170,7 @@ def test_input_convention_errors_and_config():
 def test_task_export_through_main(trained_run, tmp_path):
     import onnxruntime as ort
 
-    from fiqa.tasks.build import load_model
+    from fiqa.methods.loading import load_model
     from tests.helpers.run_main import run_main
 
     ckpt = trained_run / "checkpoints" / "last.ckpt"

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from fiqa.data.sources import open_source
+from fiqa.methods.loading import load_model
 from fiqa.quality import score
 from fiqa.quality.scoring import ArrayImages, score_reader
-from fiqa.tasks.build import load_model
 from tests.helpers.realdata import synth_images, write_bin_sets, write_imagefolder, write_rec
 from tests.helpers.run_main import run_main
 

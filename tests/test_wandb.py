@@ -16,8 +16,8 @@ from omegaconf import open_dict, read_write
 
 from fiqa.callbacks import wandb_setup as W
 from fiqa.eval import protocols_lq
-from fiqa.methods.base import evaluate_set
-from fiqa.tasks import build as B
+from fiqa.eval.sets import evaluate_set
+from fiqa.utils.instantiate import instantiate_values
 from tests.conftest import compose_cfg
 from tests.helpers.run_main import TINY, TINY_VAL, run_main
 
@@ -90,7 +90,7 @@ def read_run(run_dir: Path) -> dict:
 # ---- summaries from the config ----------------------------------------------------------------------
 def protocol_view(cfg) -> dict:
     """What ``build_val`` gives the method, without reading any data set: ``{set: {"protocols": ...}}``."""
-    return {name: {"protocols": B._instantiate_values(v.get("protocols"))} for name, v in cfg.val.items()}
+    return {name: {"protocols": instantiate_values(v.get("protocols"))} for name, v in cfg.val.items()}
 
 
 def test_summary_metrics_follow_the_configured_val_sets(tmp_path):

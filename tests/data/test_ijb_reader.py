@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fiqa.data.ijb import IJB, read_1n_csv
-from fiqa.methods.base import evaluate_set
+from fiqa.eval.sets import evaluate_set
 from fiqa.tasks import build as B
 from tests.conftest import compose_cfg
 from tests.helpers.ijb_fixture import write_ijb

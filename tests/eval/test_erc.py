@@ -25,6 +25,7 @@ from sklearn.metrics import auc as sk_auc
 
 from fiqa.eval import edc as EDC
 from fiqa.eval import erc as E
+from fiqa.eval import erc_segments as S
 
 RATES = np.arange(0, 0.98, 0.05)
 FMRS = (1e-2, 1e-3, 1e-4)
@@ -177,7 +178,7 @@ def assert_same(a, b, atol=1e-9):
 @pytest.fixture(params=[32, 1])
 def slack(request, monkeypatch):
     """Default impostor tails, and tails of 1 extra value (forces truncation, caps and retries)."""
-    monkeypatch.setattr(E, "_TAIL_SLACK", request.param)
+    monkeypatch.setattr(S, "_TAIL_SLACK", request.param)
     return request.param
 
 
@@ -185,7 +186,7 @@ def slack(request, monkeypatch):
 def spy(monkeypatch):
     """Records the tail size of every build and the number of tails cut."""
     seen = {"k": [], "tails": 0}
-    solve, tail = E._solve, E._tail
+    solve, tail = E._solve, S._tail
 
     def spy_solve(mode, build, reject, fmrs, k0):
         def recorded(k):
@@ -199,7 +200,7 @@ def spy(monkeypatch):
         return tail(*args, **kwargs)
 
     monkeypatch.setattr(E, "_solve", spy_solve)
-    monkeypatch.setattr(E, "_tail", spy_tail)
+    monkeypatch.setattr(S, "_tail", spy_tail)
     return seen
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fiqa.eval import erc as E
+from fiqa.eval import erc_segments as S
 from tests.eval.test_erc import assert_same, crfiqa_erc, magface_erc, random_pairs
 
 CUTS = E.DEFAULT_REJECT
@@ -16,17 +17,17 @@ CUTS = E.DEFAULT_REJECT
 
 @pytest.fixture
 def small_buckets(monkeypatch):
-    monkeypatch.setattr(E, "_BUCKETS", 64)  # bucket path from 256 pairs on
-    monkeypatch.setattr(E, "_CUT_MEMBERS", 1 << 14)
+    monkeypatch.setattr(S, "_BUCKETS", 64)  # bucket path from 256 pairs on
+    monkeypatch.setattr(S, "_CUT_MEMBERS", 1 << 14)
 
 
 @pytest.mark.parametrize("seed,n,ties", [(30, 3000, False), (31, 5000, True), (32, 700, False)])
 def test_bucketed_segments_equal_the_sorted_ones(seed, n, ties, small_buckets):
     d, same, q = random_pairs(seed, n, ties)
     cuts = (CUTS * n).astype(np.int64)
-    m = E._SegMap(q, cuts, same)
+    m = S._SegMap(q, cuts, same)
     assert m.seg is None  # the bucket path was taken
-    ref = E._segments(q, cuts)
+    ref = S._segments(q, cuts)
     np.testing.assert_array_equal(m.of(np.arange(n)), ref)
     sub = np.flatnonzero(same)[::3]
     np.testing.assert_array_equal(m.of(sub), ref[sub])
@@ -45,7 +46,7 @@ def test_segments_by_hand(small_buckets):
     q[[99, 100, 101]] = 99.5
     q[[149, 150, 160]] = 149.5
     same = np.arange(300) % 3 == 0
-    m = E._SegMap(q, np.array([0, 100, 150]), same)
+    m = S._SegMap(q, np.array([0, 100, 150]), same)
     assert m.seg is None
     got = m.of(np.array([99, 100, 101, 149, 150, 160, 151, 0, 299]))
     np.testing.assert_array_equal(got, [1, 2, 2, 2, 3, 3, 3, 1, 3])
@@ -58,18 +59,18 @@ def test_segments_by_hand(small_buckets):
 
 
 def test_crowded_cut_buckets_fall_back_to_one_sort(monkeypatch):
-    monkeypatch.setattr(E, "_BUCKETS", 64)
-    monkeypatch.setattr(E, "_CUT_MEMBERS", 16)
+    monkeypatch.setattr(S, "_BUCKETS", 64)
+    monkeypatch.setattr(S, "_CUT_MEMBERS", 16)
     d, same, q = random_pairs(33, 4000, ties=True)  # qualities rounded to 0.1: few, big buckets
-    m = E._SegMap(q, (CUTS * 4000).astype(np.int64), same)
+    m = S._SegMap(q, (CUTS * 4000).astype(np.int64), same)
     assert m.seg is not None
-    np.testing.assert_array_equal(m.of(np.arange(4000)), E._segments(q, (CUTS * 4000).astype(np.int64)))
+    np.testing.assert_array_equal(m.of(np.arange(4000)), S._segments(q, (CUTS * 4000).astype(np.int64)))
 
 
 @pytest.mark.parametrize("seed,n,ties", [(34, 3000, False), (35, 4000, True), (36, 2500, False)])
 @pytest.mark.parametrize("slack", [32, 1])
 def test_erc_on_the_bucket_path_matches_the_loops(seed, n, ties, slack, small_buckets, monkeypatch):
-    monkeypatch.setattr(E, "_TAIL_SLACK", slack)
+    monkeypatch.setattr(S, "_TAIL_SLACK", slack)
     d, same, q = random_pairs(seed, n, ties)
     res = E.erc(d, same, q, score_kind="distance")
     ref, ref_thr = crfiqa_erc(d, same, q)
@@ -83,14 +84,14 @@ def test_fmr_zero_stores_the_genuine_distances_below_the_floor(monkeypatch):
     smallest impostor) is the largest genuine distance under it, which the floor does not store: the
     rule must see it is not exact and rebuild with every genuine distance."""
     seen = []
-    nearest = E._nearest
+    nearest = S._nearest
 
     def spy(gen, imp, i, op):
         out = nearest(gen, imp, i, op)
         seen.append((gen.floor, bool(out[2].all())))
         return out
 
-    monkeypatch.setattr(E, "_nearest", spy)
+    monkeypatch.setattr(S, "_nearest", spy)
     d, same, q = random_pairs(37, 1500)
     res = E.erc(d, same, q, fmrs=(1e-4, 1e-2), score_kind="distance")
     assert seen[0][0] > -np.inf and not seen[0][1]  # the floor first, not exact

@@ -276,7 +276,7 @@ def test_protocols_refuse_a_partial_set_and_tolerate_nan_quality():
 
 
 def test_protocols_run_through_evaluate_set():
-    from fiqa.methods.base import evaluate_set
+    from fiqa.eval.sets import evaluate_set
 
     emb, labels, is_probe = _toy_set()
     res = {"indices": np.arange(7), "embeddings": emb.astype(np.float32), "qualities": np.ones(7, np.float32)}
@@ -290,7 +290,7 @@ def test_protocols_run_through_evaluate_set():
 def test_evaluate_set_names_the_set_of_nan_embeddings(caplog):
     import logging
 
-    from fiqa.methods.base import evaluate_set
+    from fiqa.eval.sets import evaluate_set
 
     emb, labels, is_probe = _toy_set()
     emb = emb.astype(np.float32)

@@ -22,6 +22,7 @@ from sklearn.metrics import roc_curve as sk_roc_curve
 from fiqa.eval import erc as E
 from fiqa.eval import ijb as I
 from fiqa.eval import protocols
+from fiqa.eval.verification import sci_key
 from fiqa.quality import qmagface as QMF
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -111,7 +112,7 @@ def insightface_1n(query_feats, gallery_feats, mask, fars, ks=(1, 5, 10)):
     neg_sims_sorted = heapq.nlargest(max(required_topk), neg_sims)
     for far, pos in zip(fars, required_topk):
         th = neg_sims_sorted[pos - 1]
-        out[f"tpir@fpir{I.sci_key(far)}"] = np.sum(pos_sims > th) / query_num
+        out[f"tpir@fpir{sci_key(far)}"] = np.sum(pos_sims > th) / query_num
     return out
 
 
@@ -152,7 +153,7 @@ def nist_loop(sim, probe_subj, gallery_subj, split, fpirs, rank=1):
                 r = sum(1 for j in cols if j != mate and sim[i, j] >= sim[i, mate])
                 hits += r < rank and sim[i, mate] > th
             res[x].append(hits / len(mated))
-    return {f"tpir_nist@fpir{I.sci_key(x)}": float(np.mean(v)) for x, v in res.items()}
+    return {f"tpir_nist@fpir{sci_key(x)}": float(np.mean(v)) for x, v in res.items()}
 
 
 # ---- data -----------------------------------------------------------------------------------------
@@ -270,9 +271,9 @@ def test_tar_at_far_equals_insightface_write_result_and_the_strict_loop(seed):
     fars = I.FARS
     got = I.tar_at_far(s, y, fars)
     ref, ref_auc = insightface_write_result(s, y, fars)
-    assert [got[f"tar@far{I.sci_key(x)}"] for x in fars] == [float(v) for v in ref]
+    assert [got[f"tar@far{sci_key(x)}"] for x in fars] == [float(v) for v in ref]
     assert got["roc_auc"] == pytest.approx(ref_auc, abs=1e-15)
-    assert [got[f"tar_strict@far{I.sci_key(x)}"] for x in fars] == pytest.approx(strict_loop(s, y, fars), abs=0)
+    assert [got[f"tar_strict@far{sci_key(x)}"] for x in fars] == pytest.approx(strict_loop(s, y, fars), abs=0)
 
 
 def test_nearest_far_can_exceed_the_target_and_strict_cannot():
@@ -466,7 +467,7 @@ def test_non_finite_embeddings_skip_the_protocol_in_evaluate_set(caplog):
     protocol is skipped with a warning and no rank metric is logged (W&B's max stays clean)."""
     import logging
 
-    from fiqa.methods.base import evaluate_set
+    from fiqa.eval.sets import evaluate_set
 
     f, tid, mid, q, face = toy_set(6, n_templates=12)
     f[2] = np.nan

@@ -14,7 +14,7 @@ import pytest
 from fiqa.eval import erc as E
 from fiqa.eval import ijb as IJ
 from fiqa.eval import protocols, protocols_lq, report
-from fiqa.methods.base import evaluate_set
+from fiqa.eval.sets import evaluate_set
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

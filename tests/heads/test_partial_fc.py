@@ -16,16 +16,8 @@ from fiqa.heads.adaface import AdaFaceHead, adaface_logits
 from fiqa.heads.eqface import EQFaceHead
 from fiqa.heads.fc import ArcFaceHead, CombinedHead, CosFaceHead, HeadOutput
 from fiqa.heads.magface import MagFaceHead, mag_logits, magnitude_regularizer
-from fiqa.heads.partial_fc import (
-    PartialInfo,
-    ShardInfo,
-    clip_gradients,
-    cross_entropy,
-    gather_optimizer_state,
-    sample_classes,
-    shard_optimizer_state,
-    shard_range,
-)
+from fiqa.heads.partial_fc import PartialInfo, ShardInfo, cross_entropy, sample_classes, shard_range
+from fiqa.heads.partial_fc_module import clip_gradients, gather_optimizer_state, shard_optimizer_state
 from fiqa.heads.qgface import QGFaceHead
 from fiqa.quality.crfiqa import certainty_ratio, target_scores
 
@@ -349,7 +341,7 @@ def test_checkpoints_reshard_between_two_ranks_and_one(tmp_path):
     in one process, and a 1-process checkpoint resumes and evaluates on 2 ranks. ``lr=0`` keeps the
     weights at their initial values, which do not depend on the world size, so every run's head must
     equal, row for row, the others: a gather or a re-shard in the wrong order would show."""
-    from fiqa.tasks.build import load_model
+    from fiqa.methods.loading import load_model
     from tests.helpers.run_main import TINY, TINY_VAL, run_main
 
     n_cls = 15  # odd: shards of 8 and 7 classes

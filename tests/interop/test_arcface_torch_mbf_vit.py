@@ -25,7 +25,7 @@ from fiqa.interop.formats_arcface_torch import (
     convert_arcface_torch_mbf,
     convert_arcface_torch_vit,
 )
-from fiqa.interop.model import to_face_module
+from fiqa.methods.released import to_face_module
 from fiqa.quality.serfiq_torch import serfiq_quality
 from tests.interop import originals as O
 

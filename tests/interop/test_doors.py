@@ -18,9 +18,10 @@ import torch
 import fiqa.quality
 from fiqa.data.align import norm_crop
 from fiqa.detect import detect
-from fiqa.interop import load_released, to_face_module
+from fiqa.interop import load_released
+from fiqa.methods.loading import load_model
+from fiqa.methods.released import to_face_module
 from fiqa.quality.scoring import score_reader
-from fiqa.tasks.build import load_model
 from tests.helpers.photos import astronaut, grace_hopper, insightface, write_rgb
 from tests.helpers.run_main import run_main
 from tests.interop import originals as O

@@ -7,11 +7,11 @@ import torch
 from fiqa.interop import (
     FORMATS,
     CheckpointMismatchError,
-    ReleasedModel,
     UntrustedCheckpointError,
     convert_released,
     load_released,
 )
+from fiqa.methods.released import ReleasedModel
 from tests.interop import originals as O
 
 SIDE = 2

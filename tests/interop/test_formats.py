@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from fiqa.backbones.eqface_resnet import EQFaceQuality, EQFaceResNet
 from fiqa.backbones.ir import IR
 from fiqa.backbones.iresnet import IResNet
-from fiqa.interop import convert_released, load_released, to_face_module
+from fiqa.interop import convert_released, load_released
+from fiqa.methods.released import to_face_module
 from tests.interop import originals as O
 
 TINY_LAYERS = (2, 1, 3, 2)

@@ -5,8 +5,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from fiqa.interop import ReleasedModel, convert_released, to_face_module
+from fiqa.interop import convert_released
 from fiqa.methods.base import FaceModule
+from fiqa.methods.released import ReleasedModel, to_face_module
 from tests.interop import originals as O
 
 

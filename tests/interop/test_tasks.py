@@ -8,7 +8,7 @@ import csv
 import numpy as np
 import torch
 
-from fiqa.tasks.build import load_model
+from fiqa.methods.loading import load_model
 from tests.helpers.realdata import synth_images, write_imagefolder
 from tests.helpers.run_main import read_metrics, run_main
 from tests.interop import originals as O

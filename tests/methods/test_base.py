@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from fiqa.backbones.iresnet import iresnet_tiny
-from fiqa.methods.base import evaluate_set, param_groups, scaled_lr
+from fiqa.eval.sets import evaluate_set
+from fiqa.methods.base import param_groups, scaled_lr
 
 
 def test_scaled_lr():

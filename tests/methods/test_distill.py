@@ -13,7 +13,7 @@ import torch
 from scipy.stats import spearmanr
 
 from fiqa.data.synthface import SynthFace
-from fiqa.quality.labels import (
+from fiqa.methods.labels import (
     CSV,
     LABELS,
     META,
@@ -23,8 +23,8 @@ from fiqa.quality.labels import (
     read_label_csv,
     training_keys,
 )
-from fiqa.tasks.build import load_model
-from fiqa.tasks.embed import embed_set
+from fiqa.methods.loading import load_model
+from fiqa.quality.embed import embed_set
 from tests.helpers.run_main import run_main
 
 IDS, PER = 16, 8  # the training set of every run here: 128 SynthFace images

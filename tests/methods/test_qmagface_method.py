@@ -9,7 +9,7 @@ import torch
 
 from fiqa.eval import protocols as P
 from fiqa.eval import verification as V
-from fiqa.methods.base import evaluate_set, qmagface_pair_scores
+from fiqa.eval.sets import evaluate_set, qmagface_pair_scores
 from tests.helpers.run_main import TINY, TINY_VAL, read_metrics, run_main
 
 

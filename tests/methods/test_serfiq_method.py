@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from fiqa.methods.loading import load_model
 from fiqa.methods.serfiq import SERFIQ
 from fiqa.quality.serfiq_torch import quality_from_embeddings, stochastic_embeddings
-from fiqa.tasks.build import load_model
 from tests.helpers.run_main import read_metrics, run_main
 
 SMALL = ["val.synth.dataset.num_pairs=40", "val.synth.dataset.num_identities=20", "data.val_batch_size=40",

@@ -15,8 +15,8 @@ from torch import nn
 from fiqa.backbones.iresnet import iresnet_tiny
 from fiqa.methods.base import FaceModule
 from fiqa.methods.froq import FROQ
+from fiqa.methods.loading import load_model
 from fiqa.quality import froq as core
-from fiqa.tasks.build import load_model
 from tests.helpers.run_main import TINY, read_metrics, run_main
 
 
@@ -184,7 +184,7 @@ def test_calibration_file_round_trip_and_stale_error(tmp_path):
 
 def test_froq_ranks_synthface_degradation(trained_run, tmp_path):
     from fiqa.data.synthface import SynthFacePairs
-    from fiqa.tasks.embed import to_input
+    from fiqa.quality.embed import to_input
 
     model = load_model(str(trained_run / "checkpoints" / "last.ckpt")).eval()
     # This 1-epoch tiny model's own signals are nearly blind to degradation (SER-FIQ on it: rho ~ +0.09), so

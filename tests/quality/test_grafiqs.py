@@ -14,9 +14,9 @@ from fiqa.data.synthface import SynthFacePairs
 from fiqa.eval.quality_metrics import quality_spearman
 from fiqa.methods.base import FaceModule
 from fiqa.methods.grafiqs import GraFIQs
+from fiqa.methods.loading import load_model
+from fiqa.quality.embed import embed_set
 from fiqa.quality.grafiqs import WRT, bn_discrepancy, gradient_magnitude, stage_modules
-from fiqa.tasks.build import load_model
-from fiqa.tasks.embed import embed_set
 from tests.helpers.run_main import TINY_VAL, read_metrics, run_main
 
 

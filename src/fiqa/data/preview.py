@@ -51,9 +51,9 @@ def compose(overrides: Sequence[str]):
 
 def sample_grid(cfg, n: int = 32, seed: int = 0) -> tuple[list, list, list, dict]:
     """``(decoded RGB images, model inputs shown as RGB, labels, info)`` of ``n`` training samples."""
+    from fiqa.data.build import build_datamodule
     from fiqa.data.datamodule import FaceDataset
     from fiqa.data.transforms import to_uint8_image
-    from fiqa.tasks.build import build_datamodule
 
     dm = build_datamodule(cfg.data, {}, with_train=True, augment_cfg=cfg.get("augment"))
     reader = dm.train_reader

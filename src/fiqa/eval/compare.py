@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from fiqa.eval import quality_metrics as qm
-from fiqa.eval.erc import ERCResult, erc, pair_quality
+from fiqa.eval.erc import THRESHOLD_RULES, ERCResult, erc, pair_quality
 from fiqa.eval.report import _plt, _save
 
 __all__ = ["compare_sources", "plot_erc", "rows_of", "write_tables"]
@@ -85,4 +85,5 @@ def plot_erc(results: Mapping[str, ERCResult], fmr_index: int, path: Path, title
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    modes = {r.mode for r in results.values()}
+    return _save(fig, path, THRESHOLD_RULES[modes.pop()] if len(modes) == 1 else "")

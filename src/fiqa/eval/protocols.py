@@ -10,7 +10,7 @@ comparison score (``val.<set>.score=qmagface``: QMagFace's quality-aware score).
 
 A protocol that can also give curves for plots takes ``return_curves: bool = False``; with ``True`` its
 dict has one more key, ``"curves"``: ``{kind: {label: (x, y)}}`` (kinds ``roc``, ``cmc``, ``erc``; see
-``fiqa.eval.report.PLOTTERS``). ``fiqa.methods.base.evaluate_set`` asks for them and keeps them apart
+``fiqa.eval.report.PLOTTERS``). ``fiqa.eval.sets.evaluate_set`` asks for them and keeps them apart
 from the metrics, whose names do not change. A protocol that takes ``set_name: str`` is given the val
 set's name (``evaluate_set``), for its error messages.
 """
@@ -109,7 +109,7 @@ def ijb(
     pair ERC of the template quality (``erc_*``), and, when the set has the 1:N files, ``rank1/5/10``,
     ``tpir@fpir*`` (insightface) and ``tpir_nist@fpir*``. Every image of the set must be embedded.
     ``return_curves``: the ROC, the ERC and the 1:N CMC as ``"curves"`` (module docstring). ``set_name``
-    (passed by ``fiqa.methods.base.evaluate_set``) names the set in the errors, e.g. NaN or inf embeddings.
+    (passed by ``fiqa.eval.sets.evaluate_set``) names the set in the errors, e.g. NaN or inf embeddings.
     1:N ties count against the mate (a collapsed model scores rank-k = 0, ``fiqa.eval.ijb``)."""
     from fiqa.eval import ijb as ijb_eval
 

@@ -20,7 +20,7 @@ to rank ``max(20, max(ranks))`` (at most the gallery size): one curve ``all`` fo
 distance (``d1``, ``d2``, ``d3``) and ``all`` for SCface.
 
 The whole set must be embedded: a partial run (``limit_val_batches``, ``fast_dev_run``) raises a
-ValueError, which :func:`fiqa.methods.base.evaluate_set` turns into a warning; so do NaN or inf
+ValueError, which :func:`fiqa.eval.sets.evaluate_set` turns into a warning; so do NaN or inf
 embeddings (the error names the set, ``set_name``, given by ``evaluate_set``, and counts the rows). Ties
 count against the mate (:mod:`fiqa.eval.identification`): a collapsed model scores rank-k = 0 below the
 gallery size.

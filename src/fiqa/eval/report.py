@@ -1,6 +1,6 @@
 """Metric dicts -> JSON/CSV/console tables, and matplotlib figures (Agg backend, no torch).
 
-Curves a protocol returns with ``return_curves=True`` (``fiqa.methods.base.evaluate_set`` collects
+Curves a protocol returns with ``return_curves=True`` (``fiqa.eval.sets.evaluate_set`` collects
 them) are ``{kind: {label: (x, y)}}`` with kind ``roc`` (FPR, TPR), ``cmc`` (rank, identification
 rate) or ``erc`` (fraction rejected, FNMR); :data:`PLOTTERS` maps each kind to its plot, written by the
 validation callback as ``<kind>_<set>.png``.
@@ -129,9 +129,13 @@ def _as_curves(curves) -> dict:
     return {"": (np.asarray(x, float), np.asarray(y, float))}
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, footnote: str = "") -> Path:
     plt = _plt()
-    fig.tight_layout()
+    if footnote:  # a small line under the axes (e.g. how an ERC's threshold was set)
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
+        fig.text(0.01, 0.008, footnote, fontsize=5.5, alpha=0.8, va="bottom")
+    else:
+        fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -252,7 +256,20 @@ def plot_erc(curves, path: Path, title: str = "") -> Path:
     ax.grid(alpha=0.3)
     if any(curves):
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return _save(fig, path, "; ".join(threshold_rules(curves)))
+
+
+def threshold_rules(labels) -> list[str]:
+    """How the FNMR threshold of each ERC curve was set, in words (``fiqa.eval.erc.THRESHOLD_RULES``), from
+    the curve labels' prefixes (``"erc fmr1e-2"``, ``"edc fmr1e-3"``); distinct, in order."""
+    from fiqa.eval.erc import PREFIX_MODES, THRESHOLD_RULES
+
+    out = []
+    for label in labels:
+        mode = PREFIX_MODES.get(str(label).split(" ", 1)[0])
+        if mode is not None and THRESHOLD_RULES[mode] not in out:
+            out.append(THRESHOLD_RULES[mode])
+    return out
 
 
 #: The plot of each curve kind (``{kind: {label: (x, y)}}``, see the module docstring).

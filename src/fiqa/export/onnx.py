@@ -264,7 +264,7 @@ def export_onnx(
     """Export ``module`` (``forward(images) -> FaceOutput``) to ``out`` and describe it in ``<out>.json``.
 
     ``input_convention`` (an :class:`InputConvention` or a dict of its fields; ``None``: the module's
-    ``input_convention`` attribute, set by ``fiqa.tasks.build.load_model``) is recorded, and applied
+    ``input_convention`` attribute, set by ``fiqa.methods.loading.load_model``) is recorded, and applied
     in the graph with ``normalize_input``.
     Input ``images`` (B,3,S,S) float: the model's input (``input_convention`` applied by the caller),
     or with ``normalize_input`` uint8-range RGB with the convention in the graph. Outputs

@@ -14,7 +14,7 @@ def _hints(obj: Any) -> str:
     state = obj.get("state_dict") if isinstance(obj, Mapping) and "state_dict" in obj else obj
     keys = list(state) if isinstance(state, Mapping) else []
     if isinstance(obj, Mapping) and "fiqa_config" in obj:
-        return " It is a fiqa (task=train) checkpoint: load it with fiqa.tasks.build.load_model or task=eval."
+        return " It is a fiqa (task=train) checkpoint: load it with fiqa.methods.loading.load_model or task=eval."
     if any(str(k).startswith("backbone.") for k in keys):
         return (
             " Its state_dict has backbone.* keys but not QGFace's IR (backbone.input_layer.0.weight): "

@@ -28,14 +28,11 @@ class AdaFace(FaceModule):
         self,
         backbone: nn.Module,
         head: nn.Module | None = None,
-        optim: Mapping | None = None,
-        val_sets: Mapping | None = None,
-        quality_head: nn.Module | None = None,
-        channels_last: bool = True,
+        **face_module_args,
     ):
         if head is not None and not isinstance(head, AdaFaceHead):
             raise ValueError(f"method=adaface needs head=adaface (AdaFaceHead), got {type(head).__name__}")
-        super().__init__(backbone, head, optim, val_sets, quality_head, channels_last)
+        super().__init__(backbone, head, **face_module_args)
 
     def sample_weights(self, head_out: AdaFaceOutput, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """Per-sample weights (B,) of the CE terms, or None (AdaFace: plain mean CE). With weights

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fiqa.heads import partial_fc
+from fiqa.eval.sets import evaluate_set, pair_similarity_of
+from fiqa.heads import partial_fc, partial_fc_module
 from fiqa.types import BackboneOutput, FaceOutput
 from fiqa.utils.launch import release_spawned_process_group_at_exit
 from fiqa.utils.logging import get_logger
@@ -61,12 +62,16 @@ class FaceModule(L.LightningModule):
         validation dataloader ``i`` is ``list(val_sets)[i]``.
     quality_head: an optional module on the embedding (CR-FIQA ...).
     channels_last: run the backbone in channels-last memory format (faster on CPU and GPU).
+
+    A subclass takes its own arguments by keyword and passes these through untouched:
+    ``def __init__(self, backbone, head=None, *, my_arg=1.0, **face_module_args)`` ->
+    ``super().__init__(backbone, head, **face_module_args)`` (CONTRIBUTING.md, "Adding a method").
     """
 
     #: set by ``trainer.compile`` (:func:`fiqa.tasks.build.compile_backbone`): evaluation then runs eager
     compiled_backbone: bool = False
     #: what the network is fed, ``{"color": "rgb"|"bgr", "mean", "std"}`` on the 0..255 scale: set by
-    #: :func:`fiqa.tasks.build.build_method` (from ``data.*``) and by :class:`fiqa.interop.ReleasedModel`;
+    #: :func:`fiqa.methods.loading.build_method` (from ``data.*``) and by :class:`fiqa.methods.released.ReleasedModel`;
     #: every scoring path reads it (:func:`fiqa.quality.scoring.input_convention_of`), none guesses it
     input_convention: dict | None = None
 
@@ -127,7 +132,7 @@ class FaceModule(L.LightningModule):
     # ---- Partial FC (head.fc=partial): sharding, clipping, the optimizer state of the shard ------
     def setup(self, stage: str) -> None:
         """Shards a Partial FC head over the ranks (the process group is up now, DDP not yet wrapped)."""
-        partial_fc.setup_module(self)
+        partial_fc_module.setup_module(self)
         release_spawned_process_group_at_exit()  # trainer=ddp_sim: see there
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
@@ -135,7 +140,7 @@ class FaceModule(L.LightningModule):
         by norm also checks the norm: a non-finite gradient (with a finite loss) is handled as a non-finite
         loss is (:meth:`_nonfinite`), before the optimizer could write it into the weights. (Not under
         ``precision=16-mixed``, whose gradient scaler skips such steps itself.)"""
-        total = partial_fc.clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
+        total = partial_fc_module.clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
         by_norm = gradient_clip_val and gradient_clip_algorithm in (None, "norm")
         if total is None and by_norm:
             params = list(self.trainer.precision_plugin.main_params(optimizer))
@@ -154,7 +159,7 @@ class FaceModule(L.LightningModule):
                     p.grad = None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        partial_fc.gather_optimizer_state(self, checkpoint)  # the shard's momentum as the full (C, D)
+        partial_fc_module.gather_optimizer_state(self, checkpoint)  # the shard's momentum as the full (C, D)
         if self.iso_scale is not None:
             checkpoint[ISO_SCALE_KEY] = dict(self.iso_scale)
 
@@ -162,7 +167,7 @@ class FaceModule(L.LightningModule):
         self.iso_scale = checkpoint.get(ISO_SCALE_KEY)
 
     def on_train_start(self) -> None:
-        partial_fc.shard_optimizer_state(self)  # after a resume: this rank's rows of the (C, D) state
+        partial_fc_module.shard_optimizer_state(self)  # after a resume: this rank's rows of the (C, D) state
 
     # ---- training -----------------------------------------------------------------------
     #: ``trainer.on_nonfinite``: ``error`` (stop, the default) or ``skip`` (no optimizer step for that batch,
@@ -347,93 +352,3 @@ class FaceModule(L.LightningModule):
 
     on_test_epoch_start = on_validation_epoch_start
     on_test_epoch_end = on_validation_epoch_end
-
-
-def pair_similarity_of(name: str, spec: Mapping, embeddings: np.ndarray, qualities: np.ndarray) -> np.ndarray | None:
-    """:meth:`FaceModule.pair_similarity` for the view ``spec`` of val set ``name`` (``fiqa.tasks.build.build_val``)."""
-    kind = spec.get("score", "cosine")
-    if kind in (None, "cosine"):
-        return None
-    if kind != "qmagface":
-        raise ValueError(f"val.{name}.score={kind!r} is not valid; choose one of ['cosine', 'qmagface']")
-    params = dict(spec.get("qmagface") or {})
-    alpha, beta, preset = params.get("alpha"), params.get("beta"), params.get("preset")
-    return qmagface_pair_scores(embeddings, qualities, alpha, beta, None if alpha is not None else preset)
-
-
-def qmagface_pair_scores(embeddings, qualities, alpha=None, beta=None, preset=None) -> np.ndarray:
-    """QMagFace's score of the pairs (rows 2p, 2p+1): cosine of the unit embeddings fused with min quality."""
-    from fiqa.eval.verification import l2_normalize
-    from fiqa.quality import qmagface
-
-    e = l2_normalize(np.asarray(embeddings, np.float64))
-    q = np.asarray(qualities, np.float64)
-    cos = np.sum(e[0::2] * e[1::2], axis=1)
-    return qmagface.score(cos, q[0::2], q[1::2], alpha, beta, preset=preset)
-
-
-def evaluate_set(
-    name: str,
-    res: Mapping[str, np.ndarray],
-    targets: Mapping[str, np.ndarray],
-    protocols: Mapping[str, Callable],
-    pair_similarity: Callable | None = None,
-    curves: dict | None = None,
-) -> dict:
-    """Run a val set's protocols on its gathered outputs. When the outputs do not cover the whole
-    set (``limit_val_batches``, ``fast_dev_run``), only complete pairs are evaluated, with a warning.
-    With a ``curves`` dict, the protocols that take ``return_curves`` are asked for their curves, which
-    are merged into it (``{kind: {label: (x, y)}}``, ``fiqa.eval.protocols``); the metrics stay floats.
-    A protocol that takes ``set_name`` is given ``name``. A protocol's ValueError (a partial set, NaN
-    embeddings, ...) skips it with a warning: its metrics are not logged."""
-    indices, emb, q = res["indices"], res["embeddings"], res["qualities"]
-    n_total = (
-        int(targets["n_images"])
-        if "n_images" in targets
-        else len(targets["degradation"])
-        if "degradation" in targets
-        else (2 * len(targets["issame"]) if "issame" in targets else len(indices))
-    )
-    t = dict(targets)
-    if len(indices) != n_total or (len(indices) and indices[-1] != n_total - 1):
-        full_emb = np.full((n_total, emb.shape[1]), np.nan, np.float32)
-        full_q = np.full(n_total, np.nan, np.float32)
-        full_emb[indices], full_q[indices] = emb, q
-        if "issame" in t:
-            ok = ~np.isnan(full_q).reshape(-1, 2).any(1)
-            keep = np.repeat(ok, 2)
-            t["issame"] = t["issame"][ok]
-        else:
-            keep = ~np.isnan(full_q)
-        if "degradation" in t:
-            t["degradation"] = t["degradation"][keep]
-        emb, q = full_emb[keep], full_q[keep]
-        log.warning(
-            f"val/{name}: {len(indices)} of {n_total} images embedded (limit_val_batches or "
-            f"fast_dev_run): metrics on the {len(q)} complete ones only"
-        )
-    if pair_similarity is not None and "issame" in t:
-        sim = pair_similarity(emb, q)
-        if sim is not None:
-            t["pair_similarity"] = sim
-    metrics = {}
-    for key, protocol in protocols.items():
-        extra = {"return_curves": True} if curves is not None and _takes(protocol, "return_curves") else {}
-        if _takes(protocol, "set_name"):  # named in its errors (e.g. NaN embeddings of a diverged model)
-            extra["set_name"] = name
-        try:
-            out = dict(protocol(embeddings=emb, qualities=q, **t, **extra))
-        except ValueError as err:  # e.g. too few pairs for 10 folds in a fast_dev_run
-            log.warning(f"val/{name}: protocol {key!r} skipped: {err}")
-            continue
-        for kind, c in (out.pop("curves", None) or {}).items():
-            curves.setdefault(kind, {}).update(c)
-        metrics.update(out)
-    return metrics
-
-
-def _takes(fn: Callable, arg: str) -> bool:
-    try:
-        return arg in inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # a callable without a signature
-        return False

@@ -27,19 +27,17 @@ class CRFIQA(FaceModule):
         self,
         backbone: nn.Module,
         head: nn.Module | None = None,
-        optim: Mapping | None = None,
-        val_sets: Mapping | None = None,
-        quality_head: nn.Module | None = None,
-        channels_last: bool = True,
+        *,
         alpha: float = 10.0,
         smooth_l1_beta: float = 0.5,
         cr_target: str = "code",
         cr_eps: float = 1e-9,
         cr_nnccs_min: float = 0.1,
+        **face_module_args,
     ):
-        if quality_head is None:
-            quality_head = nn.Linear(backbone.embedding_dim, 1)
-        super().__init__(backbone, head, optim, val_sets, quality_head, channels_last)
+        if face_module_args.get("quality_head") is None:
+            face_module_args["quality_head"] = nn.Linear(backbone.embedding_dim, 1)
+        super().__init__(backbone, head, **face_module_args)
         check_kind(cr_target)
         self.alpha, self.beta, self.cr_target, self.cr_eps = (
             float(alpha),

@@ -6,7 +6,7 @@ similarity distributions, a CSV of another tool) becomes a one-forward model.
     python main.py method=distill method.quality_labels={source:serfiq,ckpt_path:<FR .ckpt>,p:0.5}
 
 ``FaceOutput.quality`` is the head's prediction, ``FaceOutput.embedding`` the backbone's embedding. The labels
-come from :mod:`fiqa.quality.labels` (matched by the training reader's keys, or computed once before training
+come from :mod:`fiqa.methods.labels` (matched by the training reader's keys, or computed once before training
 and cached in the run dir, so ``ckpt_path=last`` reuses them), normalised by ``normalize`` (min-max to [0, 1]
 by default). A sample without a label (``unmatched: skip``, an SDD identity of one image) is left out of the
 loss. The backbone can start from an FR model (``init_ckpt=<model>``, or ``init_backbone: labels``: the
@@ -69,7 +69,7 @@ def _plain(value: Any) -> Any:
 class Distill(FaceModule):
     """Args (beyond :class:`FaceModule`'s): see the module docstring and ``conf/method/distill.yaml``.
 
-    quality_labels: a CSV path or ``{source, ...}`` (:func:`fiqa.quality.labels.load_or_compute`).
+    quality_labels: a CSV path or ``{source, ...}`` (:func:`fiqa.methods.labels.load_or_compute`).
     label_cache: directory of the computed labels (``${paths.output_dir}/quality_labels``).
     normalize: ``minmax`` | ``rank`` | ``none``.  loss: ``l1`` | ``smooth_l1`` | ``mse``.
     head_hidden: hidden width of the quality MLP (null: one linear layer).
@@ -85,10 +85,7 @@ class Distill(FaceModule):
         self,
         backbone: nn.Module,
         head: nn.Module | None = None,
-        optim: Mapping | None = None,
-        val_sets: Mapping | None = None,
-        quality_head: nn.Module | None = None,
-        channels_last: bool = True,
+        *,
         quality_labels: Any = None,
         label_cache: str | None = None,
         normalize: str = "minmax",
@@ -101,11 +98,12 @@ class Distill(FaceModule):
         init_backbone: str | None = None,
         label_batch_size: int = 128,
         label_num_workers: int = 0,
+        **face_module_args,
     ):
         quality_labels = _plain(quality_labels)  # plain in the checkpoint's hyper-parameters (weights_only loads)
-        if quality_head is None:
-            quality_head = quality_mlp(backbone.embedding_dim, head_hidden)
-        super().__init__(backbone, head, optim, val_sets, quality_head, channels_last)
+        if face_module_args.get("quality_head") is None:
+            face_module_args["quality_head"] = quality_mlp(backbone.embedding_dim, head_hidden)
+        super().__init__(backbone, head, **face_module_args)
         if loss not in LOSSES:
             raise ValueError(f"method.loss={loss!r} is not valid; choose one of {list(LOSSES)}")
         if init_backbone not in INIT_BACKBONE:
@@ -125,14 +123,14 @@ class Distill(FaceModule):
                 raise ValueError(f"method.backbone_train_last={backbone_train_last} must be >= 1 (or null: all)")
             for p in params[: max(len(params) - n, 0)]:
                 p.requires_grad_(False)
-        self.label_set = None  # fiqa.quality.labels.LabelSet, loaded in setup("fit")
+        self.label_set = None  # fiqa.methods.labels.LabelSet, loaded in setup("fit")
 
     # ---- labels: loaded or computed once, before the first step --------------------------
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if stage != "fit" or self.label_set is not None:
             return
-        from fiqa.quality import labels as L
+        from fiqa.methods import labels as L
 
         dm = self.trainer.datamodule if self.trainer is not None else None
         reader = getattr(dm, "train_reader", None)
@@ -168,7 +166,7 @@ class Distill(FaceModule):
     def _init_from_label_model(self, spec: Mapping) -> None:
         """The backbone from the label source's FR model (strict). On a resume the checkpoint's weights,
         restored after ``setup``, replace these."""
-        from fiqa.tasks.build import load_model
+        from fiqa.methods.loading import load_model
 
         src = load_model(
             str(spec["ckpt_path"]),

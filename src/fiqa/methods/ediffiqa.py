@@ -23,7 +23,7 @@ term that keeps the backbone's embeddings those of the original FR model. Facts,
   the original FR model (the frozen teacher, ``embeddings[img_name]`` in ``dataset.WrapperDataset``);
   total ``theta * consistency + (1 - theta) * quality`` with theta 0.5.
 
-Here: the teacher embeddings come from the label pass (:mod:`fiqa.quality.labels`, ``teacher=True``: one
+Here: the teacher embeddings come from the label pass (:mod:`fiqa.methods.labels`, ``teacher=True``: one
 unflipped pass of the FR model over the training images, cached in the run dir as float16), the student
 starts from the same FR model (``init_backbone: labels``), and the centres are rebuilt from the cache at
 each start (cheap). Differences: the gradient clip covers the trainable parameters only (the original clips
@@ -95,7 +95,7 @@ class EDifFIQA(Distill):
         self.centre_beta, self.centre_min_images = float(centre_beta), int(centre_min_images)
 
     def prepare_targets(self, reader) -> None:
-        from fiqa.quality.labels import identities
+        from fiqa.methods.labels import identities
 
         ident = identities(reader)
         num_classes = int(getattr(reader, "num_classes", ident.max() + 1))

@@ -91,10 +91,7 @@ class EQFace(FaceModule):
         self,
         backbone: nn.Module,
         head: nn.Module | None = None,
-        optim: Mapping | None = None,
-        val_sets: Mapping | None = None,
-        quality_head: nn.Module | None = None,
-        channels_last: bool = True,
+        *,
         step: int = 1,
         step1_ckpt: str | None = None,
         teacher_ckpt: str | None = None,
@@ -104,6 +101,7 @@ class EQFace(FaceModule):
         head_no_decay: bool = True,
         collapse_std: float = 1e-3,
         collapse_mean: float = 0.99,
+        **face_module_args,
     ):
         if int(step) not in STEPS:
             raise ValueError(f"method.step must be one of {list(STEPS)}, got {step!r}")
@@ -115,6 +113,7 @@ class EQFace(FaceModule):
                 f"EQFace step {step} needs a backbone that returns its flattened pre-fc map (a 'feature_dim' "
                 f"attribute, e.g. iresnet*, eqface_resnet*); {type(backbone).__name__} has none"
             )
+        quality_head = face_module_args.get("quality_head")
         if step == 2 and quality_head is None:
             quality_head = EQFaceQuality(backbone.feature_dim, quality_hidden)
         teacher = None
@@ -122,7 +121,7 @@ class EQFace(FaceModule):
             teacher = nn.ModuleDict(
                 {"backbone": copy.deepcopy(backbone), "quality": EQFaceQuality(backbone.feature_dim, quality_hidden)}
             )
-        super().__init__(backbone, head, optim, val_sets, quality_head if step == 2 else None, channels_last)
+        super().__init__(backbone, head, **{**face_module_args, "quality_head": quality_head if step == 2 else None})
         self.step, self.step1_ckpt, self.teacher_ckpt = step, step1_ckpt, teacher_ckpt
         self.gamma, self.quality_flip, self.head_no_decay = float(gamma), bool(quality_flip), bool(head_no_decay)
         self.collapse_std, self.collapse_mean = float(collapse_std), float(collapse_mean)

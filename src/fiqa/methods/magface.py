@@ -27,14 +27,12 @@ class MagFace(FaceModule):
         self,
         backbone: nn.Module,
         head: nn.Module | None = None,
-        optim: Mapping | None = None,
-        val_sets: Mapping | None = None,
-        quality_head: nn.Module | None = None,
-        channels_last: bool = True,
+        *,
         lambda_g: float = 35.0,
         quality_flip: bool = False,
+        **face_module_args,
     ):
-        super().__init__(backbone, head, optim, val_sets, quality_head, channels_last)
+        super().__init__(backbone, head, **face_module_args)
         if head is not None and not isinstance(head, MagFaceHead):
             raise ValueError(f"method=magface needs head=magface (MagLinear), got {type(head).__name__}")
         self.lambda_g, self.quality_flip = float(lambda_g), bool(quality_flip)

@@ -65,10 +65,7 @@ class QGFace(AdaFace):
         self,
         backbone: nn.Module,
         head: nn.Module | None = None,
-        optim: Mapping | None = None,
-        val_sets: Mapping | None = None,
-        quality_head: nn.Module | None = None,
-        channels_last: bool = True,
+        *,
         quality_scale: float = 0.5,
         joint_point: int = 2,
         contrast_weight: float = 1.0,
@@ -83,6 +80,7 @@ class QGFace(AdaFace):
         rescale_reference: int = 128,
         proxy_update: bool = True,
         gather: bool = True,
+        **face_module_args,
     ):
         if head is not None and not isinstance(head, QGFaceHead):
             raise ValueError(f"method=qgface needs its head (fiqa.heads.qgface.QGFaceHead), got {type(head).__name__}")
@@ -92,7 +90,7 @@ class QGFace(AdaFace):
             raise ValueError(
                 f"method.joint_point and method.contrast_weight must be >= 0, got {joint_point}, {contrast_weight}"
             )
-        super().__init__(backbone, head, optim, val_sets, quality_head, channels_last)
+        super().__init__(backbone, head, **face_module_args)
         self.contrast_head = QGFaceContrast(
             backbone.embedding_dim,
             queue_size,

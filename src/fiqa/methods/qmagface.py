@@ -8,13 +8,11 @@ paper's procedure on ``method.fit_images`` training images before every validati
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 import torch
 from torch import nn
 
-from fiqa.methods.base import qmagface_pair_scores
+from fiqa.eval.sets import qmagface_pair_scores
 from fiqa.methods.magface import MagFace
 from fiqa.quality import qmagface
 from fiqa.utils.logging import get_logger
@@ -27,10 +25,7 @@ class QMagFace(MagFace):
         self,
         backbone: nn.Module,
         head: nn.Module | None = None,
-        optim: Mapping | None = None,
-        val_sets: Mapping | None = None,
-        quality_head: nn.Module | None = None,
-        channels_last: bool = True,
+        *,
         lambda_g: float = 35.0,
         quality_flip: bool = False,
         alpha: float | None = None,
@@ -38,8 +33,9 @@ class QMagFace(MagFace):
         preset: str | None = None,
         fit_images: int = 2048,
         fit_seed: int = 0,
+        **face_module_args,
     ):
-        super().__init__(backbone, head, optim, val_sets, quality_head, channels_last, lambda_g, quality_flip)
+        super().__init__(backbone, head, lambda_g=lambda_g, quality_flip=quality_flip, **face_module_args)
         if (alpha is None) != (beta is None):
             raise ValueError("method.alpha and method.beta go together (or use method.preset, or neither to fit them)")
         if preset is not None and alpha is None:

@@ -7,6 +7,8 @@ model (``fiqa.methods.serfiq``); ``quality=random`` is the chance baseline of ER
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from fiqa.methods.base import FaceModule
@@ -51,3 +53,22 @@ class RandomQuality(QualityWrapper):
     def quality(self, out: BackboneOutput) -> torch.Tensor:
         n = out.embedding.shape[0]
         return torch.rand(n, generator=self.generator).to(out.embedding.device)
+
+
+#: training-free quality sources that observe an FR model (``task=compare`` / ``task=benchmark`` source names):
+#: name -> the QualityWrapper class, built as ``cls(fr_model, **<task>.<name>)``
+OBSERVERS = {
+    "serfiq": "fiqa.methods.serfiq.SERFIQ",
+    "grafiqs": "fiqa.methods.grafiqs.GraFIQs",
+    "froq": "fiqa.methods.froq.FROQ",
+}
+
+
+def observer(name: str, model, params: Mapping | None = None):
+    """The training-free source ``name`` (:data:`OBSERVERS`) on FR ``model``, in eval mode, with ``params``."""
+    import importlib
+
+    if name not in OBSERVERS:
+        raise ValueError(f"{name!r} is not a training-free quality source; choose one of {sorted(OBSERVERS)}")
+    module, cls = OBSERVERS[name].rsplit(".", 1)
+    return getattr(importlib.import_module(module), cls)(model, **dict(params or {})).eval()

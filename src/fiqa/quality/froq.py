@@ -302,7 +302,7 @@ def _batches(images, convention: Mapping | None, batch_size: int) -> Iterable[Te
         return
     if convention is None:
         raise ValueError("a reader of uint8 images needs the model's input convention (color, mean, std)")
-    from fiqa.tasks.embed import to_input
+    from fiqa.quality.embed import to_input
 
     for i in range(0, len(images), batch_size):
         chunk = np.stack([np.asarray(images[j][0]) for j in range(i, min(i + batch_size, len(images)))])

@@ -53,8 +53,9 @@ def input_convention_of(model) -> dict:
     if not conv:
         raise ValueError(
             f"{type(model).__name__} has no input_convention (channel order and normalisation), so it cannot be "
-            f"fed: load models with fiqa.tasks.build.load_model(path) or fiqa.interop.to_face_module(released), "
-            f"or build them with fiqa.tasks.build.build_method(cfg); for a module made by hand set "
+            f"fed: load models with fiqa.methods.loading.load_model(path) or "
+            f"fiqa.methods.released.to_face_module(released), "
+            f"or build them with fiqa.methods.loading.build_method(cfg); for a module made by hand set "
             f"model.input_convention = {{'color': 'rgb' or 'bgr', 'mean': 127.5, 'std': 127.5}}"
         )
     missing = [k for k in CONVENTION_KEYS if k not in conv]
@@ -156,7 +157,7 @@ def score(
     ``model`` a path: loaded as task=quality loads ``ckpt_path`` (``ckpt_format``, ``trust_checkpoint``,
     and ``quality_path`` for EQFace's ``quality.pth``, without which an EQFace backbone is refused)."""
     if isinstance(model, (str, os.PathLike)):
-        from fiqa.tasks.build import load_model
+        from fiqa.methods.loading import load_model
 
         model = load_model(
             os.fspath(model),

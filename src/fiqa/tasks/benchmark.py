@@ -36,10 +36,11 @@ from omegaconf import DictConfig, OmegaConf
 from fiqa.eval import benchmark as bm
 from fiqa.eval import quality_metrics as qm
 from fiqa.eval.report import write_metrics
+from fiqa.eval.sets import evaluate_set, pair_similarity_of
 from fiqa.eval.verification import l2_normalize
-from fiqa.methods.base import evaluate_set, pair_similarity_of
+from fiqa.methods.wrappers import OBSERVERS, observer
+from fiqa.quality.embed import embed_set
 from fiqa.tasks.build import build_loggers, build_val, load_model
-from fiqa.tasks.embed import OBSERVERS, embed_set, observer
 from fiqa.utils.logging import get_logger
 
 log = get_logger(__name__)

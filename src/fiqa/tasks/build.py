@@ -9,17 +9,19 @@ from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fiqa.callbacks.corrupt import CorruptRecords
 from fiqa.callbacks.resume import ResumeData, RngStates
-from fiqa.callbacks.store_config import CONFIG_KEY, StoreConfig
+from fiqa.callbacks.store_config import StoreConfig
+from fiqa.data.build import build_datamodule
 from fiqa.data.datamodule import FaceDataModule
 from fiqa.data.transforms import ToModelInput
 from fiqa.methods.base import FaceModule
+from fiqa.methods.loading import build_method, load_model
+from fiqa.utils.instantiate import instantiate_plain, instantiate_values
 from fiqa.utils.logging import get_logger
 from fiqa.utils.resolvers import device_count
 
@@ -49,65 +51,20 @@ def resolved_config(cfg: DictConfig) -> dict:
     return c
 
 
-def _instantiate(node, **kwargs):
-    """``hydra.utils.instantiate`` that re-raises our own errors (bad paths, sizes, files) as they are,
-    not wrapped in an InstantiationException, so the message a user reads is the one we wrote."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, (ValueError, OSError, KeyError)) and not isinstance(cause, InstantiationException):
-            raise cause from None
-        raise
-
-
-def _instantiate_values(node: Mapping | None) -> dict:
-    """``{key: instantiate(value) if it has a _target_ else value}`` for a config node."""
-    out = {}
-    for k, v in (node or {}).items():
-        out[k] = (
-            instantiate(v)
-            if isinstance(v, DictConfig) and "_target_" in v
-            else (OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v)
-        )
-    return out
-
-
 def build_val(cfg: DictConfig) -> tuple[dict, dict]:
     """(datasets by name, the method's view: {name: {flip, protocols}}); order = ``val=[...]`` order."""
     datasets, method_view = {}, {}
     for name, v in (cfg.get("val") or {}).items():
         if not isinstance(v, DictConfig) or "dataset" not in v:
             raise ValueError(f"val.{name}: a val set needs a 'dataset' (with _target_) and 'protocols'; got {v}")
-        datasets[name] = _instantiate(v.dataset)
+        datasets[name] = instantiate_plain(v.dataset)
         method_view[name] = {
             "flip": bool(v.get("flip", True)),
-            "protocols": _instantiate_values(v.get("protocols")),
+            "protocols": instantiate_values(v.get("protocols")),
             "score": v.get("score", "cosine"),
             "qmagface": OmegaConf.to_container(v.qmagface, resolve=True) if v.get("qmagface") else None,
         }
     return datasets, method_view
-
-
-#: Keys of a ``data`` node that say where the data is; the reader takes them by interpolation.
-DATA_SOURCE_KEYS = ("root", "list", "list_root", "num_images")
-
-
-def _plain(node: DictConfig, key: str) -> Any:
-    v = node[key]  # resolved in the context of the whole config
-    return OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
-
-
-def build_datamodule(
-    data_cfg: DictConfig, val_datasets: Mapping[str, Any], with_train: bool = True, augment_cfg: Any = None
-) -> FaceDataModule:
-    """The datamodule; the training reader only ``with_train`` (an eval never needs ``data.root``)."""
-    kwargs = {k: _plain(data_cfg, k) for k in data_cfg if k not in DATA_SOURCE_KEYS and k != "train"}
-    train = _instantiate(_plain(data_cfg, "train")) if with_train and data_cfg.get("train") else None
-    augment = None
-    if with_train and isinstance(augment_cfg, DictConfig) and "_target_" in augment_cfg:
-        augment = _instantiate(augment_cfg)
-    return _instantiate(kwargs, train=train, val_sets=dict(val_datasets), augment=augment)
 
 
 def fill_num_classes(cfg: DictConfig, datamodule: FaceDataModule) -> None:
@@ -122,15 +79,6 @@ def fill_num_classes(cfg: DictConfig, datamodule: FaceDataModule) -> None:
         cfg.data.num_classes = int(n)
     datamodule.num_classes = int(n)
     log.info(f"data.num_classes = {int(n)} (from {datamodule.train_reader!r})")
-
-
-def build_method(cfg: DictConfig, val_view: Mapping[str, Mapping]) -> FaceModule:
-    backbone = instantiate(cfg.backbone)
-    head = instantiate(cfg.head) if cfg.get("head") else None
-    optim = _instantiate_values(cfg.get("optim"))
-    method = instantiate(cfg.method, backbone=backbone, head=head, optim=optim, val_sets=dict(val_view))
-    method.input_convention = input_convention(cfg.data)
-    return method
 
 
 def build_callbacks(cfg: DictConfig, run_config: Mapping) -> list:
@@ -321,70 +269,6 @@ def build(cfg: DictConfig, with_train: bool = True) -> Built:
     return Built(datamodule, method, trainer, run_config)
 
 
-def load_checkpoint(path: str, trust_checkpoint: bool = False, key: str = "ckpt_path") -> dict:
-    """A checkpoint loaded with ``weights_only=True`` (no code execution); errors name ``key`` and the file
-    and say what is wrong (missing, truncated, unsafe, not a torch file)."""
-    from fiqa.utils.checkpoint_io import load_checkpoint_file
-
-    return load_checkpoint_file(path, key, trust_checkpoint)
-
-
-def is_fiqa_checkpoint(ckpt: Mapping) -> bool:
-    return isinstance(ckpt, Mapping) and CONFIG_KEY in ckpt and "state_dict" in ckpt
-
-
-def input_convention(data_cfg: Mapping) -> dict:
-    """What the network is fed: ``{"color", "mean", "std"}`` from a data config."""
-    return {
-        "color": data_cfg.get("color", "rgb"),
-        "mean": float(data_cfg.get("normalize_mean", 127.5)),
-        "std": float(data_cfg.get("normalize_std", 127.5)),
-    }
-
-
-def load_model(
-    path: str,
-    val_view: Mapping[str, Mapping] | None = None,
-    trust_checkpoint: bool = False,
-    ckpt_format: str = "auto",
-    quality_path: str | None = None,
-    arch: str | None = None,
-    require_quality: bool = True,
-    key: str = "ckpt_path",
-) -> FaceModule:
-    """A model from a checkpoint, ready for evaluation or scoring, with ``input_convention`` set.
-
-    A fiqa checkpoint is rebuilt from the config stored in it; anything else is an original's released
-    checkpoint, loaded strictly through :func:`fiqa.interop.load_released` (``ckpt_format``).
-    ``require_quality=False`` (another quality source replaces the model's) lets a two-file release
-    (EQFace) load from its backbone alone."""
-    ckpt = load_checkpoint(path, trust_checkpoint, key) if ckpt_format in ("auto", "fiqa") else None
-    if ckpt is not None and is_fiqa_checkpoint(ckpt):
-        train_cfg = OmegaConf.create(ckpt[CONFIG_KEY])
-        method = build_method(train_cfg, val_view or {})
-        method.load_state_dict(ckpt["state_dict"], strict=True)
-        method.iso_scale = ckpt.get("fiqa_iso_scale")
-        method.source_config = train_cfg
-        return method
-    if ckpt_format == "fiqa":
-        raise ValueError(f"{key}={path!r} holds no '{CONFIG_KEY}': it was not written by fiqa's task=train")
-    from fiqa.interop import load_released, to_face_module
-
-    released = load_released(
-        path,
-        format=ckpt_format,
-        arch=arch,
-        trust_checkpoint=trust_checkpoint,
-        quality_path=quality_path,
-        require_quality=require_quality,
-    )
-    method = to_face_module(released)  # carries its input convention (ReleasedModel)
-    method.val_sets = dict(val_view or {})
-    method.source_config = None
-    log.info(f"loaded a released {released.format} checkpoint ({released.arch}) from {path}")
-    return method
-
-
 def replaces_quality(cfg: DictConfig) -> bool:
     """Whether ``quality=...`` replaces the model's own quality (``norm``, ``serfiq``, ``random``)."""
     q = cfg.get("quality")
@@ -395,7 +279,7 @@ def wrap_quality(method: FaceModule, quality_cfg: Any) -> FaceModule:
     """Replace the model's quality by another source (``quality=serfiq|norm``; ``own`` keeps it)."""
     if quality_cfg is None or not isinstance(quality_cfg, DictConfig) or "_target_" not in quality_cfg:
         return method
-    wrapped = _instantiate(quality_cfg)(method)
+    wrapped = instantiate_plain(quality_cfg)(method)
     wrapped.input_convention = getattr(method, "input_convention", None)
     return wrapped
 

@@ -20,8 +20,9 @@ from fiqa.eval import quality_metrics as qm
 from fiqa.eval.compare import compare_sources, plot_erc, rows_of, write_tables
 from fiqa.eval.report import write_metrics
 from fiqa.eval.verification import l2_normalize
+from fiqa.methods.wrappers import OBSERVERS, observer
+from fiqa.quality.embed import embed_set
 from fiqa.tasks.build import build_loggers, build_val, load_model, replaces_quality
-from fiqa.tasks.embed import OBSERVERS, embed_set, observer
 from fiqa.utils.logging import get_logger
 
 log = get_logger(__name__)

@@ -13,8 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from fiqa.eval import report
 from fiqa.export.onnx import export_onnx, require_onnx
+from fiqa.methods.loading import load_model
 from fiqa.quality.scoring import input_convention_of
-from fiqa.tasks.build import load_model, replaces_quality, wrap_quality
+from fiqa.tasks.build import replaces_quality, wrap_quality
 from fiqa.utils.logging import get_logger
 
 log = get_logger(__name__)

@@ -19,9 +19,10 @@ import numpy as np
 from omegaconf import DictConfig
 
 from fiqa.eval.report import plot_quality_histogram
+from fiqa.methods.loading import load_model
 from fiqa.quality.scoring import score_reader
 from fiqa.tasks import quality_photos
-from fiqa.tasks.build import load_model, replaces_quality, wrap_quality
+from fiqa.tasks.build import replaces_quality, wrap_quality
 from fiqa.utils.logging import get_logger
 
 log = get_logger(__name__)

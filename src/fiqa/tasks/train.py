@@ -113,7 +113,7 @@ def init_backbone(method, cfg: DictConfig) -> None:
     """``init_ckpt=PATH``: start training from another model's backbone weights (ours or a released
     checkpoint), loaded strictly; the head, quality head and optimiser start fresh (unlike
     ``ckpt_path``, which resumes a run). MagFace fine-tuning from ArcFace starts this way."""
-    from fiqa.tasks.build import load_model
+    from fiqa.methods.loading import load_model
 
     source = load_model(
         str(cfg.init_ckpt),

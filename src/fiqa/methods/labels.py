@@ -10,7 +10,7 @@ A label source (``method.quality_labels``) is one of
   the file and a few keys, or, with ``unmatched: skip``, gets no label (NaN: the sample is left out of the
   regression loss);
 * ``{source: serfiq|norm|own|sdd, ckpt_path: <FR model>, ...}``: computed over the training set with that
-  FR model (ours or an original's released checkpoint, :func:`fiqa.tasks.build.load_model`) before training:
+  FR model (ours or an original's released checkpoint, :func:`fiqa.methods.loading.load_model`) before training:
   SER-FIQ (``T``, ``p``, ``seed`` of :class:`fiqa.methods.serfiq.SERFIQ`), the embedding norm, the model's
   own quality, or SDD-FIQA's pseudo-labels (``n_neg``, ``n_pos``, ``repeats``, ``seed``, ``chunk`` of
   :func:`fiqa.quality.sdd.pseudo_labels`). The result is cached in ``cache_dir`` (the run dir): ``labels.csv``
@@ -219,9 +219,9 @@ def compute_source(
     spec: Mapping, reader, device, batch_size: int = 128, num_workers: int = 0, teacher: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None, Any]:
     """``(raw labels, teacher embeddings or None, the FR model)`` of a model source over ``reader``:
-    one pass of the FR model (:func:`fiqa.tasks.embed.embed_set`, unflipped images)."""
-    from fiqa.tasks.build import load_model
-    from fiqa.tasks.embed import embed_set
+    one pass of the FR model (:func:`fiqa.quality.embed.embed_set`, unflipped images)."""
+    from fiqa.methods.loading import load_model
+    from fiqa.quality.embed import embed_set
 
     src = spec["source"]
     extra = set(spec) - {

@@ -13,25 +13,7 @@ from torch.utils.data import DataLoader
 
 from fiqa.quality.scoring import input_convention_of
 
-__all__ = ["OBSERVERS", "SetOutputs", "embed_set", "observer", "to_input"]
-
-#: training-free quality sources that observe an FR model (``task=compare`` / ``task=benchmark`` source names):
-#: name -> the QualityWrapper class, built as ``cls(fr_model, **<task>.<name>)``
-OBSERVERS = {
-    "serfiq": "fiqa.methods.serfiq.SERFIQ",
-    "grafiqs": "fiqa.methods.grafiqs.GraFIQs",
-    "froq": "fiqa.methods.froq.FROQ",
-}
-
-
-def observer(name: str, model, params: Mapping | None = None):
-    """The training-free source ``name`` (:data:`OBSERVERS`) on FR ``model``, in eval mode, with ``params``."""
-    import importlib
-
-    if name not in OBSERVERS:
-        raise ValueError(f"{name!r} is not a training-free quality source; choose one of {sorted(OBSERVERS)}")
-    module, cls = OBSERVERS[name].rsplit(".", 1)
-    return getattr(importlib.import_module(module), cls)(model, **dict(params or {})).eval()
+__all__ = ["SetOutputs", "embed_set", "to_input"]
 
 
 def to_input(images: torch.Tensor, conv: Mapping) -> torch.Tensor:
