@@ -7,7 +7,12 @@ TESTDATA ?= .cache/testdata
 # GPU by default; on a CPU-only machine a small configuration (the GPU grid would take hours)
 THROUGHPUT_ARGS ?= $(shell $(PY) -c "import torch; print('' if torch.cuda.is_available() else '--backbones iresnet18 --batches 32 --steps 5 --warmup 2 --num-classes 10000')" 2>/dev/null)
 
-.PHONY: install train test test-full test-gpu bench lint format sheet
+.PHONY: help install train test test-full test-gpu bench figures lint format sheet
+
+.DEFAULT_GOAL := help
+
+help:               ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:[^#]*## +/\t/' | expand -t 20
 
 install:            ## editable install (torch pinned to the version on this machine's disk)
 	$(PY) -m pip install $(TORCH)
@@ -40,11 +45,15 @@ bench:              ## speed figures (never part of the tests)
 	$(PY) benchmarks/grafiqs_cost.py
 	$(PY) benchmarks/froq_cost.py
 
-lint:
+lint:               ## ruff check + ruff format --check (CI runs it)
 	$(PY) -m ruff check src tests benchmarks main.py
+	$(PY) -m ruff format --check src tests benchmarks main.py
 
-format:
+format:             ## ruff format in place
 	$(PY) -m ruff format src tests benchmarks main.py
+
+figures:            ## README's default-job table, measured on this machine
+	bash benchmarks/default_job.sh
 
 sheet:              ## SynthFace contact sheet
 	$(PY) -m fiqa.data.contact_sheet --out docs/synthface.png
