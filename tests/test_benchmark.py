@@ -117,6 +117,7 @@ def _same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-9)
 
 
+@pytest.mark.slow  # 30-60 s on 2 cores: make test-full (CI time)
 def test_task_benchmark_two_models_four_sources_equals_compare_and_eval(trained_run, second_model, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

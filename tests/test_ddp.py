@@ -13,6 +13,7 @@ def test_ddp_sim_trains_and_validates(tmp_path):
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow  # 30-60 s on 2 cores: make test-full (CI time)
 def test_ddp_validation_equals_single_process(tmp_path):
     train = tmp_path / "train"
     run_main(*TINY, *TINY_VAL, "method=arcface", f"hydra.run.dir={train}")

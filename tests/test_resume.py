@@ -171,6 +171,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_losses(reference, tmp_pat
     assert last["global_step"] == 2 * STEPS_PER_EPOCH  # a finished run's last.ckpt is its final state
 
 
+@pytest.mark.slow  # 30-60 s on 2 cores: make test-full (CI time)
 def test_one_ddp_rank_killed_then_resume_gives_identical_losses(reference, tmp_path):
     step, code, _ = run_until_checkpoint(tmp_path, "ddp", [*SETTINGS, "trainer=ddp_sim"], _sigkill_one_rank)
     assert code != 0

@@ -142,6 +142,7 @@ def test_model_labels_are_computed_once_and_cached(trained_run, tmp_path):
 
 
 # ---- training through main.py ----------------------------------------------------------------
+@pytest.mark.slow  # 30-60 s on 2 cores: make test-full (CI time)
 def test_distill_from_a_csv_learns_to_rank_degradation(tmp_path):
     """Labels = 1 - SynthFace's ground-truth degradation, by key. Measured (2-core CPU, 80 steps, 16 s):
     Spearman(quality, -degradation) 0.90 on the training images, 0.36 on 128 images of another SynthFace

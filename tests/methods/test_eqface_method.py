@@ -199,6 +199,7 @@ def test_experiment_configs_compose(cfg_factory):
     assert cfg.backbone._target_.endswith("eqface_resnet50") and cfg.backbone.dropout == 0.4
 
 
+@pytest.mark.slow  # 30-60 s on 2 cores: make test-full (CI time)
 def test_three_steps_chain_through_main(tmp_path):
     """step 1 -> step 2 (step1_ckpt) -> step 3 (teacher_ckpt) -> task=eval of step 3, tiny settings."""
     start = time.monotonic()
