@@ -44,6 +44,7 @@ bench:              ## speed figures (never part of the tests)
 	$(PY) benchmarks/checkpoint_cost.py
 	$(PY) benchmarks/grafiqs_cost.py
 	$(PY) benchmarks/froq_cost.py
+	$(PY) benchmarks/iso_speed.py
 
 lint:               ## ruff check + ruff format --check (CI runs it)
 	$(PY) -m ruff check src tests benchmarks main.py

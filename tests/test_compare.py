@@ -64,20 +64,29 @@ def test_training_free_observers_are_compare_sources(trained_run, tmp_path):
         "val.synth.dataset.num_pairs=100",
         "val.synth.dataset.num_identities=30",
         "compare.num_workers=0",
-        "compare.sources=[grafiqs,froq,random]",
+        "compare.sources=[grafiqs,froq,iso,random]",
         "compare.froq.calibration_size=32",
         "+compare.froq.label_params={T:5}",
         f"hydra.run.dir={run}",
     )
     rows = {r["source"]: r for r in csv.DictReader(open(run / "compare.csv"))}
-    assert set(rows) == {"grafiqs", "froq", "random"}
+    assert set(rows) == {"grafiqs", "froq", "iso", "random"}
     from fiqa.data.synthface import SynthFacePairs
     from fiqa.eval.erc import erc, pair_quality
     from fiqa.eval.quality_metrics import pair_scores
 
     ds = SynthFacePairs(num_pairs=100, num_identities=30, seed=0, level_beta=[1.0, 3.0])
     model = load_model(str(ckpt)).eval()
-    out = embed_set(ds, model, True, {"g": observer("grafiqs", model, {"wrt": "block2", "negate": True, "chunk": 0})})
+    others = {
+        "g": observer("grafiqs", model, {"wrt": "block2", "negate": True, "chunk": 0}),
+        "i": observer("iso", model),
+    }
+    out = embed_set(ds, model, True, others)
     res = erc(pair_scores(out["embeddings"].astype(np.float64)), ds.targets()["issame"],
               pair_quality(out["g"], reduce="min"), "recompute_nearest", [1e-2])  # fmt: skip
     assert float(rows["grafiqs"]["auc"]) == pytest.approx(float(res.auc[0]), abs=1e-9)
+    # iso: the ISO/IEC 29794-5 components of the same crops, measured directly (not through the model's input)
+    from fiqa.quality import iso
+
+    direct = iso.combine(iso.component_scores(np.stack([iso.measure_aligned(ds[i][0]) for i in range(len(ds))])))
+    np.testing.assert_array_equal(out["i"], direct.astype(np.float32))

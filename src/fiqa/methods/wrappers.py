@@ -61,6 +61,7 @@ OBSERVERS = {
     "serfiq": "fiqa.methods.serfiq.SERFIQ",
     "grafiqs": "fiqa.methods.grafiqs.GraFIQs",
     "froq": "fiqa.methods.froq.FROQ",
+    "iso": "fiqa.methods.iso.IsoQuality",
 }
 
 

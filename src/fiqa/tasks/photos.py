@@ -169,9 +169,11 @@ def detection_dict(r: Aligned | Failed) -> dict:
     return d
 
 
-def write_report(out: Path, shown: list, extremes: Extremes, what: str, iso: np.ndarray | None = None) -> dict:
+def write_report(out: Path, shown: list, extremes: Extremes, what: str, iso: np.ndarray | None = None,
+                 sections: list | None = None) -> dict:  # fmt: skip
     """``alignment.png`` (boxes + landmarks on the first photos), ``contact_sheet.png`` (faces by
-    ``what``, worst first), ``<what>_hist.png`` and ``index.html`` in ``out``; their paths."""
+    ``what``, worst first), ``<what>_hist.png`` and ``index.html`` in ``out`` (with the extra
+    ``sections``: ``(heading, png, text)``); their paths."""
     from fiqa.eval import face_report
     from fiqa.eval.report import plot_quality_histogram
 
@@ -199,7 +201,7 @@ def write_report(out: Path, shown: list, extremes: Extremes, what: str, iso: np.
     values = values[np.isfinite(values)]
     if values.size:
         paths["histogram"] = plot_quality_histogram(values, out / f"{what.replace(' ', '_')}_hist.png", title=what)
-    sections = [(name.replace("_", " "), p, None) for name, p in paths.items()]
+    sections = [(name.replace("_", " "), p, None) for name, p in paths.items()] + list(sections or [])
     paths["html"] = face_report.write_html(out / "index.html", f"fiqa: {what}", sections)
     return {k: str(v) for k, v in paths.items()}
 

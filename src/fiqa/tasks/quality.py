@@ -8,7 +8,10 @@ own quality. Writes ``qualities.csv`` (``path_or_key,quality``), optionally ``em
 memory), the CSV has one row per face with its box, detection score and landmarks, ``failed.csv``
 lists the images without a usable face, and ``report/`` shows the faces sorted by quality.
 ``score.scale=iso`` adds ``quality_iso`` (0-100, ISO/IEC 29794-5 style, :mod:`fiqa.quality.iso_scale`);
-``score.scale=ofiq`` computes OFIQ's unified quality score (:mod:`fiqa.quality.ofiq`)."""
+``score.scale=ofiq`` computes OFIQ's unified quality score (:mod:`fiqa.quality.ofiq`).
+
+``quality=iso`` needs no model: the ISO/IEC 29794-5 component measures from the pixels
+(:mod:`fiqa.tasks.quality_iso`), one raw and one 0-100 column per measure."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from omegaconf import DictConfig
 from fiqa.eval.report import plot_quality_histogram
 from fiqa.methods.loading import load_model
 from fiqa.quality.scoring import score_reader
-from fiqa.tasks import quality_photos
+from fiqa.tasks import quality_iso, quality_photos
 from fiqa.tasks.build import replaces_quality, wrap_quality
 from fiqa.utils.logging import get_logger
 
@@ -38,9 +41,14 @@ def quality(cfg: DictConfig) -> dict:
     if s.scale == "ofiq" and not s.detect:
         raise ValueError("score.scale=ofiq needs score.detect=true: OFIQ's alignment is computed from the landmarks")
     model = None
-    if s.scale != "ofiq" or not s.get("ofiq_model"):
+    if quality_iso.is_iso(cfg):  # from the pixels: no model
+        quality_iso.check(cfg)
+    elif s.scale != "ofiq" or not s.get("ofiq_model"):
         if not cfg.get("ckpt_path"):
-            raise ValueError("task=quality needs ckpt_path=<a fiqa .ckpt or an original's released checkpoint>")
+            raise ValueError(
+                "task=quality needs ckpt_path=<a fiqa .ckpt or an original's released checkpoint>, or quality=iso "
+                "(ISO/IEC 29794-5 component measures from the pixels: no model)"
+            )
         model = load_model(
             cfg.ckpt_path, {}, bool(cfg.trust_checkpoint), str(cfg.ckpt_format), cfg.quality_ckpt_path,
             require_quality=not replaces_quality(cfg),
@@ -50,6 +58,8 @@ def quality(cfg: DictConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if s.detect:
         return quality_photos.run(cfg, model, out)
+    if model is None:
+        return quality_iso.run_aligned(cfg, out)
     from fiqa.data.sources import open_source
 
     source = open_source(s.input, s.get("list_root"))

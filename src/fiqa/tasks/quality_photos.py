@@ -21,6 +21,7 @@ from fiqa.detect.align import FACE_COLUMNS, face_row, list_photos
 from fiqa.eval.report import plot_quality_histogram, write_metrics
 from fiqa.quality.scoring import ArrayImages, score_reader
 from fiqa.tasks import photos as P
+from fiqa.tasks import quality_iso
 from fiqa.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -131,22 +132,52 @@ def write_ofiq_csv(path: Path, keys, raw, scalar, times_ms, name: str = "Unified
 
 
 def _scorer(cfg: DictConfig, model):
-    """``crops (N, 112, 112, 3) uint8 RGB -> (qualities (N,), embeddings or None)`` and the crop function."""
+    """``(crops (N, 112, 112, 3) uint8 RGB, extras) -> (qualities (N,), embeddings or None)`` and the crop
+    function (None: ArcFace's). ``quality=iso``: the crop function also measures the face on the photo
+    (its ``extras`` are the raw values, :mod:`fiqa.tasks.quality_iso`)."""
     s = cfg.score
+    if model is None and quality_iso.is_iso(cfg):
+        from fiqa.data.align import norm_crop
+        from fiqa.quality import iso
+
+        def crop_and_measure(img, landmarks):
+            t0 = time.perf_counter()
+            raw = iso.measure_face(img, landmarks, None)
+            return norm_crop(img, landmarks, 112), raw, (time.perf_counter() - t0) * 1000
+
+        def combined(crops, extras):
+            return quality_iso.scores(np.stack(extras), cfg)[1], None
+
+        return combined, crop_and_measure
     if s.scale == "ofiq":
         from fiqa.quality import ofiq
 
         crop_fn = ofiq.ofiq_align
         if s.get("ofiq_model"):
             net = ofiq.OnnxNorm(s.ofiq_model)
-            return (lambda crops: (net(ofiq.ofiq_input(crops)), None)), crop_fn
+            return (lambda crops, extras: (net(ofiq.ofiq_input(crops)), None)), crop_fn
     else:
         crop_fn = None
 
-    def run(crops):
+    def run(crops, extras):
         return score_reader(model, ArrayImages(crops), int(s.batch_size), s.get("device"), 0, bool(s.save_embeddings))
 
     return run, crop_fn
+
+
+def _components(cfg: DictConfig):
+    return quality_iso.settings(cfg)[1]
+
+
+def _single_face(raw: np.ndarray, detections) -> None:
+    """SingleFacePresent of a face from every box the detector found in its photo (in place)."""
+    from fiqa.quality import iso
+
+    boxes = detections.boxes if detections is not None else np.empty((0, 4))
+    j = iso.NAMES.index("SingleFacePresent")
+    if len(boxes):
+        areas = np.sort((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[::-1]
+        raw[j] = float(areas[1] / areas[0]) if len(areas) > 1 and areas[0] > 0 else 0.0
 
 
 def run(cfg: DictConfig, model, out: Path) -> dict:
@@ -158,7 +189,7 @@ def run(cfg: DictConfig, model, out: Path) -> dict:
     score_fn, crop_fn = _scorer(cfg, model)
     log.info(f"detecting, aligning and scoring {len(photos)} photos of {s.input} (detector on {detector.device})")
     xw = P.CsvAppender(out / "failed.csv", P.FAILED_COLUMNS, overwrite=True)
-    counts, shown, pending = Counter(), [], []
+    counts, shown, pending, pending_extra, extras, measure_ms = Counter(), [], [], [], [], []
     keys, faces_idx, rows, q_parts, e_parts, times = [], [], [], [], [], []
     extremes = P.Extremes()
     failed_list = []
@@ -169,21 +200,32 @@ def run(cfg: DictConfig, model, out: Path) -> dict:
             return
         t0 = time.perf_counter()
         crops = np.stack([c for _, _, c in pending])
-        q, e = score_fn(crops)
+        q, e = score_fn(crops, [x for x in pending_extra])
         per_ms = (time.perf_counter() - t0) * 1000 / len(pending)
-        for (key, k, crop), v in zip(pending, q):
-            extremes.add(float(v), crop, f"{key}#{k}")
+        for j, ((key, k, crop), v) in enumerate(zip(pending, q)):
+            caption = f"{key}#{k}"
+            if pending_extra:  # quality=iso: the component that set the quality
+                low = quality_iso.weakest(quality_iso.scores(pending_extra[j][None], cfg)[0][0], _components(cfg), 1)
+                caption += f" {low[0][0]}" if low else ""
+            extremes.add(float(v), crop, caption)
         q_parts.append(np.asarray(q, np.float64))
         times.extend([per_ms] * len(pending))
         if e is not None:
             e_parts.append(e)
         pending.clear()
+        pending_extra.clear()
 
     try:
         results = P.aligned_photos(cfg, photos, others, detector, xw, counts, shown, bool(s.report), advance,
                                    crop_fn, failed_list)  # fmt: skip
         for r in results:
             for k, crop in enumerate(r.crops):
+                if isinstance(crop, tuple):  # quality=iso: (crop, raw measures, ms)
+                    crop, extra, ms = crop
+                    measure_ms.append(ms)
+                    _single_face(extra, r.detections)
+                    pending_extra.append(extra)
+                    extras.append(extra)
                 keys.append(r.key)
                 faces_idx.append(k)
                 rows.append(face_row(r.faces, k))
@@ -195,14 +237,27 @@ def run(cfg: DictConfig, model, out: Path) -> dict:
         stop()
         xw.close()
     q = np.concatenate(q_parts) if q_parts else np.empty(0)
-    iso = iso_values(cfg, model, q, out) if q.size else None
+    by_iso = model is None and quality_iso.is_iso(cfg)
+    if by_iso:  # the combined ISO quality is on the 0-100 scale already; the time is the measuring's
+        times = list(np.asarray(times) + np.asarray(measure_ms)) if measure_ms else times
+        raw = np.stack(extras) if extras else np.empty((0, len(quality_iso.iso.NAMES)))
+        scalar = quality_iso.scores(raw, cfg)[0]
+        iso = q.copy() if s.scale == "iso" and q.size else None
+    else:
+        iso = iso_values(cfg, model, q, out) if q.size else None
     csv_path = out / s.csv
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path_or_key", "face", "quality"] + (["quality_iso"] if iso is not None else []) + FACE_COLUMNS)
+        iso_cols = quality_iso.columns() if by_iso else []
+        w.writerow(["path_or_key", "face", "quality"] + (["quality_iso"] if iso is not None else []) + iso_cols
+                   + FACE_COLUMNS)  # fmt: skip
         for i in range(q.size):
-            w.writerow([keys[i], faces_idx[i], f"{q[i]:.8g}"] + ([int(iso[i])] if iso is not None else []) + rows[i])
-    if s.format == "ofiq":
+            more = quality_iso.row_values(raw[i], scalar[i]) if by_iso else []
+            w.writerow([keys[i], faces_idx[i], f"{q[i]:.8g}"] + ([int(iso[i])] if iso is not None else []) + more
+                       + rows[i])  # fmt: skip
+    if s.format == "ofiq" and by_iso:
+        quality_iso.write_ofiq_csv(out / "ofiq.csv", keys, raw, scalar, times, failed_list)
+    elif s.format == "ofiq":
         name = "UnifiedQualityScore" if s.scale == "ofiq" else "Quality"
         write_ofiq_csv(out / "ofiq.csv", keys, q, iso, times, name, failed_list)
     n_images = len(photos) + len(others)
@@ -215,6 +270,8 @@ def run(cfg: DictConfig, model, out: Path) -> dict:
         "failed_csv": str(out / "failed.csv"),
     }
     summary["images"] = n_images
+    if by_iso and times:
+        summary["ms_per_face"] = float(np.mean(times))
     no_face = counts.get("no_face", 0)
     log.info(P.summary_line(n_images, int(q.size), dict(counts), 0) + f"; {no_face} images had no face")
     if s.save_embeddings and e_parts:
@@ -223,7 +280,13 @@ def run(cfg: DictConfig, model, out: Path) -> dict:
     if s.histogram and q.size:
         summary["histogram"] = str(plot_quality_histogram(q, out / "quality_hist.png", title=Path(str(s.input)).name))
     if s.report:
-        summary.update(P.write_report(out / "report", shown, extremes, "quality", iso=iso))
+        sections = []
+        if by_iso and q.size:
+            labels = [f"{keys[i]}#{faces_idx[i]}" for i in range(q.size)]
+            png, text = quality_iso.report_extras(out / "report", labels, scalar, q, cfg)
+            sections.append(("ISO/IEC 29794-5 components of the lowest-quality faces", png, text))
+            summary["components"] = str(png)
+        summary.update(P.write_report(out / "report", shown, extremes, "quality", iso=iso, sections=sections))
     write_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}, out)
     log.info(f"{q.size} qualities -> {csv_path}")
     return summary
