@@ -21,6 +21,7 @@ __all__ = [
     "MEASURES",
     "NAMES",
     "SHARPNESS_MAP",
+    "SHORT",
     "Measure",
     "combine",
     "component_scores",
@@ -93,6 +94,16 @@ NAMES: tuple[str, ...] = tuple(m.name for m in MEASURES)
 APPEARANCE: tuple[str, ...] = tuple(m.name for m in MEASURES if m.kind == "appearance")
 GEOMETRY: tuple[str, ...] = tuple(m.name for m in MEASURES if m.kind != "appearance")
 _INDEX = {n: i for i, n in enumerate(NAMES)}
+#: short labels for figures (contact-sheet tiles)
+SHORT = {
+    "LuminanceMean": "luminance", "LuminanceVariance": "contrast", "UnderExposurePrevention": "under-exp.",
+    "OverExposurePrevention": "over-exp.", "DynamicRange": "dyn. range", "IlluminationUniformity": "uneven light",
+    "NaturalColour": "colour", "SharpnessLaplacian": "sharpness", "SingleFacePresent": "more faces",
+    "InterEyeDistance": "eye dist.", "HeadSize": "head size", "LeftwardCropOfTheFaceImage": "crop left",
+    "RightwardCropOfTheFaceImage": "crop right", "MarginAboveOfTheFaceImage": "margin top",
+    "MarginBelowOfTheFaceImage": "margin bottom", "HeadPoseYaw5pt": "yaw", "HeadPosePitch5pt": "pitch",
+    "HeadPoseRoll5pt": "roll",
+}  # fmt: skip
 
 #: OFIQ's sigmoid parameters (``ofiq_config.jaxn`` / the measures' constructor defaults)
 _SIGMOIDS = {

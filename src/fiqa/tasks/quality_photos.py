@@ -204,9 +204,9 @@ def run(cfg: DictConfig, model, out: Path) -> dict:
         per_ms = (time.perf_counter() - t0) * 1000 / len(pending)
         for j, ((key, k, crop), v) in enumerate(zip(pending, q)):
             caption = f"{key}#{k}"
-            if pending_extra:  # quality=iso: the component that set the quality
+            if pending_extra:  # quality=iso: the component that set the quality first
                 low = quality_iso.weakest(quality_iso.scores(pending_extra[j][None], cfg)[0][0], _components(cfg), 1)
-                caption += f" {low[0][0]}" if low else ""
+                caption = f"{quality_iso.iso.SHORT[low[0][0]]} · {caption}" if low else caption
             extremes.add(float(v), crop, caption)
         q_parts.append(np.asarray(q, np.float64))
         times.extend([per_ms] * len(pending))
@@ -242,7 +242,7 @@ def run(cfg: DictConfig, model, out: Path) -> dict:
         times = list(np.asarray(times) + np.asarray(measure_ms)) if measure_ms else times
         raw = np.stack(extras) if extras else np.empty((0, len(quality_iso.iso.NAMES)))
         scalar = quality_iso.scores(raw, cfg)[0]
-        iso = q.copy() if s.scale == "iso" and q.size else None
+        iso = np.where(np.isfinite(q), q, -1.0) if s.scale == "iso" and q.size else None
     else:
         iso = iso_values(cfg, model, q, out) if q.size else None
     csv_path = out / s.csv
