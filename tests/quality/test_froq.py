@@ -17,6 +17,7 @@ from fiqa.methods.base import FaceModule
 from fiqa.methods.froq import FROQ
 from fiqa.methods.loading import load_model
 from fiqa.quality import froq as core
+from fiqa.quality import froq_file
 from tests.helpers.run_main import TINY, read_metrics, run_main
 
 
@@ -160,11 +161,11 @@ def test_calibration_file_round_trip_and_stale_error(tmp_path):
         torch.testing.assert_close(second(x).quality, q1)
         torch.testing.assert_close(second(x).embedding, model(x).embedding)  # the model's own embedding
 
-    with pytest.raises(core.StaleCalibrationError, match="n_layers") as e:
+    with pytest.raises(froq_file.StaleCalibrationError, match="n_layers") as e:
         FROQ(model, **{**kw, "n_layers": 2})
     assert str(stored) in str(e.value)
     torch.save({**model.state_dict(), "extra": torch.zeros(3)}, model_file)  # the model file changed
-    with pytest.raises(core.StaleCalibrationError, match="model size") as e:
+    with pytest.raises(froq_file.StaleCalibrationError, match="model size") as e:
         FROQ(model, **kw)
     assert str(stored) in str(e.value) and "recalibrate" in str(e.value)
     renewed = FROQ(model, **kw, recalibrate=True).eval()
@@ -173,7 +174,7 @@ def test_calibration_file_round_trip_and_stale_error(tmp_path):
     FROQ(model, **kw)  # the rewritten file is current again
     with torch.no_grad():
         model.backbone.fc.weight.add_(1.0)  # other weights, same file identity
-    with pytest.raises(core.StaleCalibrationError, match="fingerprint"):
+    with pytest.raises(froq_file.StaleCalibrationError, match="fingerprint"):
         FROQ(model, **kw)
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="bad.json"):

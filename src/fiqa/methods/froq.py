@@ -29,6 +29,7 @@ import torch
 from fiqa.methods.base import FaceModule
 from fiqa.methods.wrappers import QualityWrapper
 from fiqa.quality import froq as core
+from fiqa.quality import froq_file, froq_labels
 from fiqa.types import FaceOutput
 from fiqa.utils.logging import get_logger
 
@@ -143,15 +144,15 @@ class FROQ(QualityWrapper):
         self.recalibrate = bool(recalibrate)
         self.calibration: core.Calibration | None = None
         if self.calibration_file is not None and self.calibration_file.is_file() and not self.recalibrate:
-            self.calibration = core.load_calibration(self.calibration_file, self.identity(), self.settings)
+            self.calibration = froq_file.load_calibration(self.calibration_file, self.identity(), self.settings)
             log.info(f"FROQ: calibration from {self.calibration_file} ({self._describe()})")
 
     # ---- identity of the model, for the stored file ---------------------------------------------------
     def identity(self) -> dict:
         ident = {}
         if self.model_file and Path(self.model_file).is_file():
-            ident.update(core.file_identity(self.model_file))
-        ident["fingerprint"] = core.model_fingerprint(self.backbone)
+            ident.update(froq_file.file_identity(self.model_file))
+        ident["fingerprint"] = froq_file.model_fingerprint(self.backbone)
         return ident
 
     # ---- the calibration -----------------------------------------------------------------------------
@@ -191,7 +192,7 @@ class FROQ(QualityWrapper):
         if kind == "auxiliary":
             conv = self.input_convention or {"mean": 127.5, "std": 127.5}
             params.setdefault("fill", (0.0 - float(conv["mean"])) / float(conv["std"]))  # black
-            return lambda x, out: core.auxiliary_labels(lambda y: self.embed(y).embedding, x, **params)
+            return lambda x, out: froq_labels.auxiliary_labels(lambda y: self.embed(y).embedding, x, **params)
         table = read_label_csv(kind)
         missing = [k for k in reader.keys if k not in table]
         if missing:
@@ -214,7 +215,7 @@ class FROQ(QualityWrapper):
         log.info(f"FROQ: calibrated on {len(reader)} images, labels={s['labels']} ({self._describe()})")
         if self.calibration_file is not None:
             try:
-                core.save_calibration(self.calibration_file, self.calibration, self.identity(), s)
+                froq_file.save_calibration(self.calibration_file, self.calibration, self.identity(), s)
                 log.info(f"FROQ: calibration written to {self.calibration_file}")
             except OSError as e:
                 log.warning(f"FROQ: cannot write {self.calibration_file} ({e}); the calibration stays in memory")

@@ -52,12 +52,8 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import hashlib
-import json
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -66,19 +62,14 @@ from torch import Tensor, nn
 
 __all__ = [
     "FORMAT",
+    "VERSION",
     "AGGREGATES",
     "Calibration",
     "NormObserver",
-    "StaleCalibrationError",
     "aggregate",
-    "auxiliary_labels",
     "calibrate",
     "candidate_modules",
-    "file_identity",
     "layer_norms",
-    "load_calibration",
-    "model_fingerprint",
-    "save_calibration",
     "score",
     "select_layers",
     "spearman_columns",
@@ -403,115 +394,3 @@ def observe(model: nn.Module, images: Tensor, calibration: Calibration) -> tuple
             out = obs.run(_forward_fn(model), images)
             norms = obs.matrix(calibration.layers)
     return out, aggregate(norms, calibration.mean, calibration.std, calibration.sign)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# pseudo labels: the original's auxiliary FIQA (flip, noise, occlusion)
-
-
-def auxiliary_labels(
-    embed: Callable[[Tensor], Tensor],
-    images: Tensor,
-    mpx: int = 14,
-    alphas: Sequence[float] = (1e-3,),
-    n_noise: int = 10,
-    fill: float = -1.0,
-    seed: int = 0,
-) -> Tensor:
-    """The original's pseudo labels for model-input ``images`` (B,3,H,W): the mean of (i) cos(e(x),
-    e(flip x)), (ii) the mean over ``n_noise`` fixed N(0,1) masks and ``alphas`` of cos(e(x), e((1-a) x +
-    a n)), (iii) the mean over the (H/mpx)^2 grid squares of cos(e(x), e(x with that square = ``fill``))
-    (``fill`` = the model-input value of black). ``embed``: images -> embeddings. Costs 2 + n_noise
-    x len(alphas) + (H/mpx)^2 forwards per image (76 at 112 px, the original's settings)."""
-    b, c, h, w = images.shape
-    cos = nn.functional.cosine_similarity
-    base = embed(images).float()
-    flip = cos(base, embed(images.flip(3)).float(), dim=1)
-    g = torch.Generator().manual_seed(int(seed))
-    masks = torch.randn((int(n_noise), c, h, w), generator=g).to(images)
-    noise = torch.stack([cos(base, embed((1 - a) * images + a * m).float(), dim=1) for a in alphas for m in masks])
-    cells = [(i, j) for i in range(0, h - mpx + 1, mpx) for j in range(0, w - mpx + 1, mpx)]
-    occ = []
-    for i, j in cells:
-        x = images.clone()
-        x[:, :, i : i + mpx, j : j + mpx] = fill
-        occ.append(cos(base, embed(x).float(), dim=1))
-    return (flip + noise.mean(0) + torch.stack(occ).mean(0)) / 3.0
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the calibration file
-
-
-class StaleCalibrationError(ValueError):
-    """A stored calibration belongs to another model or other settings."""
-
-
-def file_identity(path: str | os.PathLike) -> dict:
-    """``{"path", "size", "mtime_ns"}`` of a model file."""
-    p = Path(path).resolve()
-    st = p.stat()
-    return {"path": str(p), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
-
-
-def model_fingerprint(module: nn.Module, sample: int = 4096) -> str:
-    """A device-independent digest of ``module``'s state: names, dtypes, shapes and the exact bytes of up to
-    ``sample`` evenly strided values of every tensor (any retraining changes it)."""
-    h = hashlib.sha256()
-    for name, t in module.state_dict().items():
-        if not isinstance(t, Tensor):
-            continue
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        flat = t.detach().reshape(-1)
-        if flat.numel():
-            step = max(1, flat.numel() // sample)
-            h.update(flat[::step][:sample].cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return "sha256:" + h.hexdigest()
-
-
-def save_calibration(path: str | os.PathLike, calibration: Calibration, model: Mapping, settings: Mapping) -> None:
-    """Write the calibration JSON atomically (``model``: identity of the model; ``settings``: how it was made)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "format": FORMAT,
-        "version": VERSION,
-        "model": dict(model),
-        "settings": dict(settings),
-        "calibration": calibration.to_dict(),
-    }
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, allow_nan=True) + "\n")
-    os.replace(tmp, p)
-
-
-def load_calibration(
-    path: str | os.PathLike, model: Mapping | None = None, settings: Mapping | None = None
-) -> Calibration:
-    """Read a calibration JSON; with ``model``/``settings`` given, a file of another model (size, mtime or
-    weights differ) or other settings raises :class:`StaleCalibrationError` naming the file and the fields."""
-    p = Path(path)
-    try:
-        doc = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"quality.calibration_file={str(p)!r} cannot be read as a FROQ calibration: {e}") from e
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or "calibration" not in doc:
-        raise ValueError(f"quality.calibration_file={str(p)!r} is not a FROQ calibration (format {FORMAT!r})")
-    stored_model, stored_settings = doc.get("model") or {}, doc.get("settings") or {}
-    diffs = []
-    for key in ("size", "mtime_ns", "fingerprint"):
-        if model and key in model and key in stored_model and model[key] != stored_model[key]:
-            diffs.append(f"model {key}: file {stored_model[key]!r}, now {model[key]!r}")
-    for key in sorted(set(settings or {}) | set(stored_settings)):
-        if settings is not None and (settings.get(key) != stored_settings.get(key)):
-            diffs.append(f"{key}: file {stored_settings.get(key)!r}, now {settings.get(key)!r}")
-    if diffs:
-        raise StaleCalibrationError(
-            f"quality.calibration_file={str(p)!r} is stale (made for model {stored_model.get('path')!r}): "
-            + "; ".join(diffs)
-            + ". Delete it, set quality.recalibrate=true to overwrite it, or give another quality.calibration_file."
-        )
-    try:
-        return Calibration.from_dict(doc["calibration"])
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"quality.calibration_file={str(p)!r}: {e}") from e
