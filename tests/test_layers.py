@@ -36,7 +36,6 @@ LONG = {
     "data/augment.py": "not split yet: the method presets (QGFaceViews, *_augment) apart from the transforms",
     "data/synthface.py": "not split yet: identity rendering (Identity .. _draw_hair) apart from the sets",
     "data/recordio.py": "one file format: mxnet.recordio's API, the stable fiqa.data.recordio names",
-    "eval/face_report.py": "not split yet: the detection overview (_draw_detections, alignment_overview) apart",
 }
 MAX_LINES = 400
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from skimage import data
 
+from fiqa.eval import face_overview as O
 from fiqa.eval import face_report as F
 
 BOX = (180, 60, 268, 174)  # the astronaut's face, x1 y1 x2 y2
@@ -157,17 +158,17 @@ def test_contact_sheet_one_and_no_faces(tmp_path, astronaut):
 # ---- detections on the originals ----------------------------------------------------------------
 def test_draw_detections_marks_landmarks_and_boxes(astronaut):
     det = _det()
-    out = F._draw_detections(astronaut, det)
+    out = O._draw_detections(astronaut, det)
     assert out.shape == astronaut.shape and out.dtype == np.uint8
     assert not np.shares_memory(out, astronaut)
-    for (x, y), colour in zip(MARKS, F.LANDMARK_COLOURS):
+    for (x, y), colour in zip(MARKS, O.LANDMARK_COLOURS):
         assert tuple(out[y, x]) == colour and tuple(astronaut[y, x]) != colour
     x1, y1, x2, y2 = BOX
-    assert tuple(out[(y1 + y2) // 2, x1]) == F.KEPT_COLOUR  # left edge of the kept box
-    assert tuple(out[(y1 + y2) // 2, x2]) == F.KEPT_COLOUR
+    assert tuple(out[(y1 + y2) // 2, x1]) == O.KEPT_COLOUR  # left edge of the kept box
+    assert tuple(out[(y1 + y2) // 2, x2]) == O.KEPT_COLOUR
     # the other face: thin dashed orange (first dash of its left edge, a gap further down)
     left = out[24:110, 300].astype(int)
-    orange = np.abs(left - F.OTHER_COLOUR).sum(axis=1) < 60
+    orange = np.abs(left - O.OTHER_COLOUR).sum(axis=1) < 60
     assert orange.any() and not orange.all()
     assert np.array_equal(out[400:, :100], astronaut[400:, :100])  # away from the detections: untouched
 
@@ -180,21 +181,21 @@ def test_draw_detections_downscales_large_images_and_their_coordinates(astronaut
         "scores": np.array([0.99]),
         "landmarks": np.array([MARKS], float) * [sx, sy],
     }
-    out = F._draw_detections(big, det)
+    out = O._draw_detections(big, det)
     assert out.shape == (480, 640, 3)
     s = 640 / 1600
-    for (x, y), colour in zip(MARKS, F.LANDMARK_COLOURS):
+    for (x, y), colour in zip(MARKS, O.LANDMARK_COLOURS):
         assert tuple(out[round(y * sy * s), round(x * sx * s)]) == colour
-    assert tuple(out[round(117 * sy * s), round(BOX[0] * sx * s)]) == F.KEPT_COLOUR  # no selected: all kept
+    assert tuple(out[round(117 * sy * s), round(BOX[0] * sx * s)]) == O.KEPT_COLOUR  # no selected: all kept
 
 
 def test_draw_detections_failed_image_gets_a_red_frame_and_no_boxes(astronaut):
     det = {**_det(), "failed": "no face above min_size"}
-    out = F._draw_detections(astronaut, det)
-    assert tuple(out[0, 0]) == F.FAILED_COLOUR and tuple(out[256, 511]) == F.FAILED_COLOUR
+    out = O._draw_detections(astronaut, det)
+    assert tuple(out[0, 0]) == O.FAILED_COLOUR and tuple(out[256, 511]) == O.FAILED_COLOUR
     np.testing.assert_array_equal(out[50:480, 50:480], astronaut[50:480, 50:480])
     with pytest.raises(ValueError):
-        F._draw_detections(astronaut, {**_det(), "scores": np.array([0.9])})
+        O._draw_detections(astronaut, {**_det(), "scores": np.array([0.9])})
 
 
 def test_alignment_overview_writes_a_grid(tmp_path, astronaut):
@@ -202,14 +203,14 @@ def test_alignment_overview_writes_a_grid(tmp_path, astronaut):
     dets = [_det(), {"boxes": np.array([BOX], float) * 2, "scores": [0.9], "landmarks": np.array([MARKS]) * 2.0}]
     dets.append({"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "failed": "no face <found>"})
     caps = ["astronaut.png", "big.png", "blank.png"]
-    out = F.alignment_overview([astronaut, big, astronaut], dets, tmp_path / "a" / "align.png", captions=caps)
+    out = O.alignment_overview([astronaut, big, astronaut], dets, tmp_path / "a" / "align.png", captions=caps)
     im = _png(out)
     assert im.shape[1] > im.shape[0] > 200  # one row of three
-    two = _png(F.alignment_overview([astronaut] * 3, [_det()] * 3, tmp_path / "two.png", max_images=2, columns=3))
+    two = _png(O.alignment_overview([astronaut] * 3, [_det()] * 3, tmp_path / "two.png", max_images=2, columns=3))
     assert two.shape[1] < im.shape[1]  # only 2 columns drawn
-    _png(F.alignment_overview([], [], tmp_path / "none.png"))
+    _png(O.alignment_overview([], [], tmp_path / "none.png"))
     with pytest.raises(ValueError):
-        F.alignment_overview([astronaut], [], tmp_path / "bad.png")
+        O.alignment_overview([astronaut], [], tmp_path / "bad.png")
 
 
 # ---- html ---------------------------------------------------------------------------------------

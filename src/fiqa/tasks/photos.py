@@ -174,13 +174,13 @@ def write_report(out: Path, shown: list, extremes: Extremes, what: str, iso: np.
     """``alignment.png`` (boxes + landmarks on the first photos), ``contact_sheet.png`` (faces by
     ``what``, worst first), ``<what>_hist.png`` and ``index.html`` in ``out`` (with the extra
     ``sections``: ``(heading, png, text)``); their paths."""
-    from fiqa.eval import face_report
+    from fiqa.eval import face_overview, face_report
     from fiqa.eval.report import plot_quality_histogram
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     if shown:
-        paths["alignment"] = face_report.alignment_overview(
+        paths["alignment"] = face_overview.alignment_overview(
             [r.image for r in shown],
             [detection_dict(r) for r in shown],
             out / "alignment.png",
