@@ -8,18 +8,14 @@ from fiqa.data.augment import (
     EQFaceLowRes,
     GaussianBlur,
     Grayscale,
-    HueSaturation,
     JPEGRoundTrip,
     LowResolution,
-    Photometric,
-    QGFaceViews,
     RandomCropPad,
     RandomResizedCrop,
     Rotate,
-    adaface_augment,
-    dali_augment,
-    eqface_augment,
 )
+from fiqa.data.augment_colour import HueSaturation, Photometric
+from fiqa.data.augment_presets import QGFaceViews, adaface_augment, dali_augment, eqface_augment
 from fiqa.data.transforms import Compose
 
 LUMA = np.array([0.299, 0.587, 0.114])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fiqa.backbones.iresnet import iresnet_tiny
-from fiqa.data.augment import QGFaceViews
+from fiqa.data.augment_presets import QGFaceViews
 from fiqa.data.datamodule import FaceDataModule, FaceDataset, MultiView
 from fiqa.data.synthface import SynthFace
 from fiqa.heads.adaface import AdaFaceHead

@@ -2,19 +2,16 @@
 
 All randomness comes from ``rng`` (see :mod:`fiqa.data.transforms` for the convention):
 :class:`JPEGRoundTrip`, :class:`GaussianBlur`, :class:`Grayscale`, :class:`LowResolution`
-(:class:`EQFaceLowRes`), :class:`RandomResizedCrop`, :class:`RandomCropPad`, :class:`Photometric`,
-:class:`HueSaturation`, :class:`Rotate`; each has a probability ``p``. :class:`QGFaceViews` returns two
-views. The presets :func:`adaface_augment`, :func:`eqface_augment` and :func:`dali_augment` return the
-originals' pipelines (before the flip and :class:`~fiqa.data.transforms.ToModelInput`) with their
-probabilities as defaults; the ``augment`` config group selects them.
+(:class:`EQFaceLowRes`), :class:`RandomResizedCrop`, :class:`RandomCropPad`, :class:`Rotate`; each has a
+probability ``p``. The colour jitters (``Photometric``, ``HueSaturation``) are in
+:mod:`fiqa.data.augment_colour`; the originals' pipelines (``adaface_augment``, ``eqface_augment``,
+``dali_augment``, ``QGFaceViews``) in :mod:`fiqa.data.augment_presets`.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
-
-from fiqa.data.transforms import Compose, RandomHorizontalFlip
 
 # --------------------------------------------------------------------------------------------------
 # Training augmentations (uint8 HxWx3 RGB -> uint8 HxWx3 RGB of the same size, all randomness from
@@ -38,9 +35,6 @@ INTERPOLATIONS = {
 # NEAREST, BOX, LANCZOS; PIL's BOX is an area average, as cv2's INTER_AREA when down-scaling).
 _ALIASES = {"bilinear": "linear", "bicubic": "cubic", "box": "area", "lanczos": "lanczos4"}
 ALL_INTERPOLATIONS = tuple(INTERPOLATIONS)  # AdaFace: NEAREST, LINEAR, AREA, CUBIC, LANCZOS4
-# YIQ (FCC NTSC): Y = luma; I, Q are chroma axes whose rows sum to 0 (invariant to adding gray).
-_RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_YIQ2RGB = np.linalg.inv(_RGB2YIQ)
 
 
 def _check_p(owner: str, p, name: str = "p") -> float:
@@ -321,84 +315,6 @@ class RandomCropPad(_Augment):
         return out
 
 
-def _jitter(owner: str, name: str, value, center: float, lo: float, hi: float) -> tuple | None:
-    """ColorJitter's argument rule: v >= 0 -> (max(center - v, lo), center + v); a (min, max) pair
-    is kept. None when it is the identity (the op is then skipped and draws nothing)."""
-    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
-        if value < 0:
-            raise ValueError(f"{owner}: {name} must be >= 0, got {value!r}")
-        value = (max(center - value, lo), center + value)
-    pair = _range(owner, name, value, lo, hi)
-    return None if pair == (center, center) else pair
-
-
-class Photometric(_Augment):
-    """ColorJitter(brightness, contrast, saturation, hue) in a random order (AdaFace, QGFace).
-
-    Factors as torchvision: a value v gives a factor ~ U(max(0, 1 - v), 1 + v) (hue: a shift
-    ~ U(-v, v) turns, v <= 0.5); a (lo, hi) pair is used as is. Ops on float RGB, each clipped to
-    [0, 255]: brightness x*f; contrast mean + f (x - mean) with mean the image's mean luma;
-    saturation luma + f (x - luma); hue a rotation of HSV hue. Rounded to uint8 once, at the end
-    (PIL rounds after each op). AdaFace: 0.5, 0.5, 0.5, 0; QGFace's LQ view: 0.2, 0.2, 0.2, 0.
-    """
-
-    _fields = ("brightness", "contrast", "saturation", "hue")
-
-    def __init__(self, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, p: float = 1.0):
-        self.brightness = _jitter("Photometric", "brightness", brightness, 1.0, 0.0, np.inf)
-        self.contrast = _jitter("Photometric", "contrast", contrast, 1.0, 0.0, np.inf)
-        self.saturation = _jitter("Photometric", "saturation", saturation, 1.0, 0.0, np.inf)
-        self.hue = _jitter("Photometric", "hue", hue, 0.0, -0.5, 0.5)
-        self.p = _check_p("Photometric", p)
-
-    def apply(self, img, rng):
-        order = rng.permutation(4)
-        ranges = (self.brightness, self.contrast, self.saturation, self.hue)
-        factors = [None if r is None else float(rng.uniform(*r)) for r in ranges]
-        x = img.astype(np.float32)
-        for i in order:
-            f = factors[i]
-            if f is None:
-                continue
-            if i == 0:
-                x *= f
-            elif i == 1:
-                m = float(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY).mean())
-                x = (x - m) * f + m
-            elif i == 2:
-                g = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)[:, :, None]
-                x = (x - g) * f + g
-            else:
-                hsv = cv2.cvtColor(x * np.float32(1 / 255), cv2.COLOR_RGB2HSV)  # H in degrees
-                hsv[:, :, 0] = (hsv[:, :, 0] + 360.0 * f) % 360.0
-                x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * np.float32(255)
-            np.clip(x, 0, 255, out=x)
-        return np.rint(x).astype(np.uint8)
-
-
-class HueSaturation(_Augment):
-    """DALI's ``hsv`` as arcface_torch's ``dali_aug`` uses it: hue shift ~ U(hue) degrees and
-    saturation factor ~ U(saturation), as DALI does it, one linear map of RGB: to YIQ, rotate
-    (I, Q) by the hue angle, scale them by the saturation, back (uint8 rounding and clipping)."""
-
-    _fields = ("hue", "saturation")
-
-    def __init__(self, hue=(0.0, 20.0), saturation=(1.0, 1.2), p: float = 1.0):
-        self.hue = _range("HueSaturation", "hue", hue, -360.0, 360.0)
-        self.saturation = _range("HueSaturation", "saturation", saturation, 0.0, 100.0)
-        self.p = _check_p("HueSaturation", p)
-
-    @staticmethod
-    def matrix(hue_degrees: float, saturation: float) -> np.ndarray:
-        c, s = np.cos(np.deg2rad(hue_degrees)), np.sin(np.deg2rad(hue_degrees))
-        yiq = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]]) * np.array([1.0, saturation, saturation])[:, None]
-        return _YIQ2RGB @ yiq @ _RGB2YIQ
-
-    def apply(self, img, rng):
-        m = self.matrix(rng.uniform(*self.hue), rng.uniform(*self.saturation))
-        return cv2.transform(img, m)
-
-
 class Rotate(_Augment):
     """Rotation about the image centre by an angle ~ U(-degrees, degrees) (or U(lo, hi)),
     counter-clockwise for positive angles, same size, ``fill`` outside (torchvision's
@@ -421,85 +337,3 @@ class Rotate(_Augment):
         m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), float(rng.uniform(*self.degrees)), 1.0)
         flags = INTERPOLATIONS[self.interpolation]
         return cv2.warpAffine(img, m, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=(self.fill,) * 3)
-
-
-class QGFaceViews:
-    """QGFace's two views of one image: ``(low_quality_view, high_quality_view)``, uint8 HxWx3.
-
-    LQ (``ContrastDataset`` on .rec): LowResolution(scale (0.1, 0.5), JPEG 75, always) ->
-    RandomResizedCrop(scale (0.8, 1), ratio (0.75, 1.33), p=crop_p) -> Photometric(0.2, 0.2,
-    0.2, 0, p=photometric_p) -> Rotate(45, p=rotation_p) -> flip. HQ: flip only. QGFace's
-    configs are missing from its repository, so crop_p, photometric_p and rotation_p are not
-    known: 0.2 is chosen here (QGFace's image-folder variant hard-codes 0.2 for all three, and
-    AdaFace's scripts use 0.2). The image-folder variant is ``scale=(0.1, 0.2), jpeg_quality=None,
-    crop_scale=(0.8, 1.2), rotation=30``. The flips are independent draws (one per view).
-    """
-
-    def __init__(
-        self,
-        scale=(0.1, 0.5),
-        jpeg_quality=75,
-        crop_scale=(0.8, 1.0),
-        crop_ratio=(0.75, 1.33),
-        crop_p: float = 0.2,
-        photometric=0.2,
-        photometric_p: float = 0.2,
-        rotation=45.0,
-        rotation_p: float = 0.2,
-        flip_p: float = 0.5,
-    ):
-        self.low = Compose(
-            [
-                LowResolution(scale=scale, jpeg_quality=jpeg_quality, p=1.0),
-                RandomResizedCrop(scale=crop_scale, ratio=crop_ratio, p=crop_p),
-                Photometric(photometric, photometric, photometric, 0.0, p=photometric_p),
-                Rotate(rotation, p=rotation_p),
-                RandomHorizontalFlip(flip_p),
-            ]
-        )
-        self.high = Compose([RandomHorizontalFlip(flip_p)])
-
-    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        img = _image(img, "QGFaceViews")
-        return self.low(img, rng), self.high(img, rng)
-
-    def __repr__(self) -> str:
-        return f"QGFaceViews(low={self.low!r}, high={self.high!r})"
-
-
-def adaface_augment(crop_p: float = 0.2, low_res_p: float = 0.2, photometric_p: float = 0.2) -> Compose:
-    """AdaFace's training augmentation (before flip): crop-pad, low resolution, photometric."""
-    return Compose(
-        [
-            RandomCropPad(scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), p=crop_p),
-            LowResolution(scale=(0.2, 1.0), down=ALL_INTERPOLATIONS, up=ALL_INTERPOLATIONS, p=low_res_p),
-            Photometric(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.0, p=photometric_p),
-        ]
-    )
-
-
-def eqface_augment(low_res_p: float = 0.5, crop_p: float = 0.5, grayscale_p: float = 0.01) -> Compose:
-    """EQFace's training augmentation (before flip): 60/80/100 px low resolution, a near-full
-    square crop, rare grayscale. EQFace crops the low-res image and then up-scales; here the
-    low-res image is up-scaled first (the crop keeps >= 95 % of the area either way)."""
-    return Compose(
-        [
-            EQFaceLowRes(sizes=(60, 80, 100), p=low_res_p),
-            RandomResizedCrop(scale=(0.95, 1.0), ratio=(1.0, 1.0), p=crop_p),
-            Grayscale(p=grayscale_p),
-        ]
-    )
-
-
-def dali_augment(resize_p: float = 0.1, blur_p: float = 0.2, hsv_p: float = 0.2, grayscale_p: float = 0.1) -> Compose:
-    """arcface_torch's ``dali_aug`` (before flip): resize to U(56, 89) px and back (DALI: linear
-    with anti-aliasing; here AREA down, LINEAR up), blur window 3 or 5, hue U(0, 20) degrees and
-    saturation U(1, 1.2), grayscale."""
-    return Compose(
-        [
-            LowResolution(side_range=(56, 89), down="area", up="linear", p=resize_p),
-            GaussianBlur(kernel_sizes=(3, 5), p=blur_p),
-            HueSaturation(hue=(0.0, 20.0), saturation=(1.0, 1.2), p=hsv_p),
-            Grayscale(p=grayscale_p),
-        ]
-    )

@@ -91,7 +91,7 @@ class FaceDataset(Dataset):
 
 class MultiView:
     """A training augment that returns several views of one image, ``augment(img, rng) -> (v_0, v_1, ...)``
-    (uint8 HxWx3 each, e.g. :class:`fiqa.data.augment.QGFaceViews`), and the sample key of each view
+    (uint8 HxWx3 each, e.g. :class:`fiqa.data.augment_presets.QGFaceViews`), and the sample key of each view
     (``names``; one of them must be ``image``). With it, :class:`FaceDataModule` passes each view through
     the flip and ToModelInput on its own (independent flips), and a training sample holds one tensor per
     name, e.g. ``image`` (high-quality view) and ``image_lq`` (low-quality view) for QGFace."""
