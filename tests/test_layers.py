@@ -33,7 +33,6 @@ ALLOWED_UP = {
 }
 #: modules allowed over MAX_LINES, and why (each a split still to do, where it would cut)
 LONG = {
-    "data/synthface.py": "not split yet: identity rendering (Identity .. _draw_hair) apart from the sets",
     "data/recordio.py": "one file format: mxnet.recordio's API, the stable fiqa.data.recordio names",
 }
 MAX_LINES = 400
