@@ -76,14 +76,16 @@ def write_tables(rows: list[dict], out_dir: Path, stem: str = "compare") -> tupl
 
 def plot_erc(results: Mapping[str, ERCResult], fmr_index: int, path: Path, title: str = "") -> Path:
     """FNMR vs the fraction of pairs rejected, one line per source, for one FMR."""
-    fig, ax = _plt().subplots(figsize=(5.2, 3.8), dpi=110)
-    for name, r in sorted(results.items(), key=lambda kv: kv[1].auc[fmr_index]):
-        ax.plot(r.reject, r.fnmr[:, fmr_index], marker=".", label=f"{name} (AUC {r.auc[fmr_index]:.4f})")
+    many = len(results) > 6  # the legend goes beside the axes; past 10 lines the colours repeat with dashes
+    fig, ax = _plt().subplots(figsize=(7.4 if many else 5.2, 3.8), dpi=110)
+    for i, (name, r) in enumerate(sorted(results.items(), key=lambda kv: kv[1].auc[fmr_index])):
+        ax.plot(r.reject, r.fnmr[:, fmr_index], marker=".", color=f"C{i % 10}", linestyle=("-", "--", ":")[i // 10 % 3],
+                label=f"{name} (AUC {r.auc[fmr_index]:.4f})")  # fmt: skip
     fmr = next(iter(results.values())).fmrs[fmr_index] if results else float("nan")
     ax.set_xlabel("fraction of pairs rejected (lowest quality first)")
     ax.set_ylabel(f"FNMR at FMR {fmr:g}")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, **({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)} if many else {}))
     modes = {r.mode for r in results.values()}
     return _save(fig, path, THRESHOLD_RULES[modes.pop()] if len(modes) == 1 else "")
