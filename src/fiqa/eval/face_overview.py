@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fiqa.eval.face_report import _DPI, _as_rgb, _ellipsize
+from fiqa.eval.face_report import _DPI, _as_rgb, _ellipsize, empty_figure
 from fiqa.eval.report import _plt, _save
 
 LANDMARK_NAMES = ("left eye", "right eye", "nose", "left mouth corner", "right mouth corner")
@@ -124,11 +124,7 @@ def alignment_overview(
         f" (first {shown} shown)" if shown < len(images) else ""
     )
     if shown == 0:
-        fig, ax = plt.subplots(figsize=(4.0, 2.0), dpi=_DPI)
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no images", ha="center", va="center", fontsize=14, transform=ax.transAxes)
-        ax.set_title(head_line, fontsize=9)
-        return _save(fig, path)
+        return empty_figure(path, "no images", head_line)
 
     from matplotlib.lines import Line2D
 

@@ -185,6 +185,15 @@ def _sheet(crops, qualities, worst_first: bool = True, max_faces: int = 64, colu
 
 
 # ---- contact sheet -------------------------------------------------------------------------------
+def empty_figure(path: Path, text: str, title: str) -> Path:
+    """A small PNG saying ``text`` (e.g. "no faces") under ``title``: what a figure of nothing shows."""
+    fig, ax = _plt().subplots(figsize=(4.0, 2.0), dpi=_DPI)
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=14, transform=ax.transAxes)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
 def contact_sheet(
     crops,
     qualities,
@@ -217,11 +226,7 @@ def contact_sheet(
     head_line = (f"{title} — " if title else "") + _summary(q)
     plt = _plt()
     if n == 0:
-        fig, ax = plt.subplots(figsize=(4.0, 2.0), dpi=_DPI)
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no faces", ha="center", va="center", fontsize=14, transform=ax.transAxes)
-        ax.set_title(head_line, fontsize=9)
-        return _save(fig, path)
+        return empty_figure(path, "no faces", head_line)
 
     canvas, placements, band = _sheet(crops, q, worst_first, max_faces, columns)
     h, w = canvas.shape[:2]

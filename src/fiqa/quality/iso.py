@@ -37,35 +37,24 @@ import math
 import cv2
 import numpy as np
 
-from fiqa.quality.iso_components import (
-    APPEARANCE,
-    COMBINE,
-    COMPONENT_SETS,
-    GEOMETRY,
-    MEASURES,
-    NAMES,
-    SHARPNESS_MAP,
-    SHORT,
-    Measure,
-    combine,
-    component_scores,
-)
+from fiqa.quality import iso_components
+from fiqa.quality.iso_components import APPEARANCE, NAMES
 from fiqa.quality.iso_scale import c_round
 
+# the registry, the mappings and the combination, re-exported (fiqa.quality.iso_components)
+COMBINE, COMPONENT_SETS, GEOMETRY, MEASURES = (
+    iso_components.COMBINE,
+    iso_components.COMPONENT_SETS,
+    iso_components.GEOMETRY,
+    iso_components.MEASURES,
+)
+SHARPNESS_MAP, SHORT, Measure = iso_components.SHARPNESS_MAP, iso_components.SHORT, iso_components.Measure
+combine, component_scores = iso_components.combine, iso_components.component_scores
+
 __all__ = [
-    "APPEARANCE",
+    *iso_components.__all__,
     "CHIN_FACTOR",
-    "COMBINE",
-    "COMPONENT_SETS",
     "FACE_ELLIPSE_616",
-    "GEOMETRY",
-    "MEASURES",
-    "NAMES",
-    "SHARPNESS_MAP",
-    "SHORT",
-    "Measure",
-    "combine",
-    "component_scores",
     "luminance",
     "measure_aligned",
     "measure_face",
