@@ -1,5 +1,7 @@
 """Bad input gets a clear error that names the key, option or file (through the real main.py)."""
 
+import pytest
+
 from tests.helpers.run_main import TINY, run_main
 
 
@@ -34,6 +36,7 @@ def test_eval_without_val_set(tmp_path):
     assert "val set" in out
 
 
+@pytest.mark.slow  # CI time: runs in make test-full
 def test_batch_must_divide_by_world_size(tmp_path):
     out = _fails(*TINY, "trainer=ddp_sim", "data.batch_size=33", tmp_path=tmp_path)
     assert "data.batch_size=33" in out and "world size 2" in out

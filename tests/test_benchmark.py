@@ -180,6 +180,7 @@ def test_task_benchmark_two_models_four_sources_equals_compare_and_eval(trained_
     assert ("crfiqa", "oracle", "synth", "erc_auc_fmr1e-2") in rows2
 
 
+@pytest.mark.slow  # CI time: runs in make test-full
 def test_bad_benchmark_config_names_the_key(trained_run, tmp_path):
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     r = run_main("task=benchmark", f"hydra.run.dir={tmp_path / 'a'}", check=False)
@@ -191,6 +192,7 @@ def test_bad_benchmark_config_names_the_key(trained_run, tmp_path):
     assert r.returncode != 0 and "used twice" in r.stderr
 
 
+@pytest.mark.slow  # CI time: runs in make test-full
 def test_task_benchmark_on_ijb_templates_equals_task_eval(trained_run, tmp_path):
     """IJB: template-pair cosines and the template quality (min image quality); the own-quality ERC and the
     TAR@FAR equal those of task=eval's ijb protocol on the same model (a tiny synthetic IJB-C release)."""

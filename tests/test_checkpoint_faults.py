@@ -97,6 +97,7 @@ class _Code:  # unpickling it would run code
         return (print, ("pwned",))
 
 
+@pytest.mark.slow  # CI time: runs in make test-full
 def test_unsafe_checkpoints_are_refused_by_the_key_they_were_given_as(good, tmp_path):
     ck = torch.load(good, weights_only=True)
     ck["extra"] = _Code()
@@ -115,6 +116,7 @@ def test_unsafe_checkpoints_are_refused_by_the_key_they_were_given_as(good, tmp_
     assert "torch/serialization.py" not in proc.stderr
 
 
+@pytest.mark.slow  # CI time: runs in make test-full
 def test_ckpt_path_last_and_a_run_dir(good, tmp_path):
     proc = run_main(*FAST, "ckpt_path=last", f"hydra.run.dir={tmp_path / 'x'}", check=False, env={"FIQA_RUN_ID": ""})
     assert proc.returncode != 0 and "FIQA_RUN_ID is not set" in proc.stderr

@@ -167,6 +167,7 @@ def test_input_convention_errors_and_config():
 
 
 @needs_onnx
+@pytest.mark.slow  # CI time: runs in make test-full
 def test_task_export_through_main(trained_run, tmp_path):
     import onnxruntime as ort
 

@@ -76,6 +76,7 @@ def test_compile_false_leaves_the_backbone_eager():
     assert "default" in COMPILE_MODES
 
 
+@pytest.mark.slow  # CI time: runs in make test-full
 def test_bf16_mixed_training_through_main(tmp_path):
     run_main(*TINY, *TINY_VAL, "trainer.precision=bf16-mixed", f"hydra.run.dir={tmp_path}")
     m = read_metrics(tmp_path)

@@ -106,6 +106,7 @@ def test_main_packs_a_folder_then_trains_on_it_and_validates_on_bin_and_xqlfw(fi
     assert "pack" not in ckpt["fiqa_config"]
 
 
+@pytest.mark.slow  # CI time: runs in make test-full
 def test_skip_corrupt_in_training(tmp_path):
     """Without data.skip_corrupt a bad record stops training with its key named; with it, training
     goes on and the epoch end reports how many records were skipped."""

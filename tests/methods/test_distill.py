@@ -164,6 +164,7 @@ def test_distill_from_a_csv_learns_to_rank_degradation(tmp_path):
     assert skip.returncode == 0
 
 
+@pytest.mark.slow  # CI time: runs in make test-full
 def test_distill_serfiq_labels_end_to_end_and_resume_reuses_the_cache(trained_run, tmp_path):
     """SER-FIQ of the trained_run's FR model, computed before training and cached in the run dir; the
     distilled model's quality follows the labels on the training set. Measured (2-core CPU, 80 steps, 15 s):

@@ -46,6 +46,7 @@ def test_score_cosine_and_zero_alpha_beta_equal_the_plain_protocol():
     assert fused["acc"] == pytest.approx(V.evaluate_similarity(sim, issame)["acc"])
 
 
+@pytest.mark.slow  # CI time: runs in make test-full
 def test_method_qmagface_fits_alpha_beta_and_eval_reuses_them(tmp_path):
     run = tmp_path / "run"
     run_main("method=qmagface", "method.fit_images=128", *TINY, *TINY_VAL, f"hydra.run.dir={run}")

@@ -15,6 +15,7 @@ SMALL = ["val.synth.dataset.num_pairs=40", "val.synth.dataset.num_identities=20"
          "data.num_workers=0", "trainer=cpu", "callbacks.progress=null"]  # fmt: skip
 
 
+@pytest.mark.slow  # CI time: runs in make test-full
 def test_method_serfiq_evaluates_a_trained_checkpoint(trained_run, tmp_path):
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     bad = run_main("method=serfiq", f"ckpt_path={ckpt}", *SMALL, f"hydra.run.dir={tmp_path / 'a'}", check=False)

@@ -209,6 +209,7 @@ def test_froq_ranks_synthface_degradation(trained_run, tmp_path):
     assert froq.calibration.spearman > 0.1  # measured 0.199 on the calibration set
 
 
+@pytest.mark.slow  # CI time: runs in make test-full
 def test_main_eval_with_quality_froq(trained_run, tmp_path):
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     stored = tmp_path / "froq.json"
