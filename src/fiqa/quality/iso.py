@@ -59,6 +59,7 @@ __all__ = [
     "measure_aligned",
     "measure_face",
     "pose_5pt",
+    "single_face",
 ]
 
 
@@ -267,14 +268,21 @@ def _geometry(shape: tuple[int, ...], landmarks5: np.ndarray, boxes) -> dict[str
         "HeadPoseYaw5pt": yaw,
         "HeadPosePitch5pt": pitch,
         "HeadPoseRoll5pt": roll,
-        "SingleFacePresent": nan,
     }
-    if boxes is not None:
-        b = np.asarray(boxes, np.float64).reshape(-1, 4)
-        if len(b):
-            areas = np.sort((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[::-1]
-            out["SingleFacePresent"] = float(areas[1] / areas[0]) if len(areas) > 1 and areas[0] > 0 else 0.0
+    out["SingleFacePresent"] = single_face(boxes)
     return out
+
+
+def single_face(boxes) -> float:
+    """SingleFacePresent's raw value from every face box ``(K, 4)`` found in the photo: the area of the
+    second-largest box over the largest's (OFIQ), 0 for one face; NaN (not assessed) without boxes."""
+    if boxes is None:
+        return float("nan")
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if not len(b):
+        return float("nan")
+    areas = np.sort((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[::-1]
+    return float(areas[1] / areas[0]) if len(areas) > 1 and areas[0] > 0 else 0.0
 
 
 def _check_image(image) -> np.ndarray:

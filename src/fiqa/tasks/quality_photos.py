@@ -19,12 +19,14 @@ from omegaconf import DictConfig
 
 from fiqa.detect.align import FACE_COLUMNS, face_row, list_photos
 from fiqa.eval.report import plot_quality_histogram, write_metrics
+from fiqa.quality import iso as iso_m
 from fiqa.quality.scoring import ArrayImages, score_reader
 from fiqa.tasks import photos as P
 from fiqa.tasks import quality_iso
 from fiqa.utils.logging import get_logger
 
 log = get_logger(__name__)
+SINGLE_FACE = iso_m.NAMES.index("SingleFacePresent")
 MAGFACE_KINDS = ("MagFace", "QMagFace")
 
 
@@ -169,17 +171,6 @@ def _components(cfg: DictConfig):
     return quality_iso.settings(cfg)[1]
 
 
-def _single_face(raw: np.ndarray, detections) -> None:
-    """SingleFacePresent of a face from every box the detector found in its photo (in place)."""
-    from fiqa.quality import iso
-
-    boxes = detections.boxes if detections is not None else np.empty((0, 4))
-    j = iso.NAMES.index("SingleFacePresent")
-    if len(boxes):
-        areas = np.sort((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[::-1]
-        raw[j] = float(areas[1] / areas[0]) if len(areas) > 1 and areas[0] > 0 else 0.0
-
-
 def run(cfg: DictConfig, model, out: Path) -> dict:
     s, a = cfg.score, cfg.align
     if s.format == "ofiq" and a.faces == "all":
@@ -202,11 +193,12 @@ def run(cfg: DictConfig, model, out: Path) -> dict:
         crops = np.stack([c for _, _, c in pending])
         q, e = score_fn(crops, [x for x in pending_extra])
         per_ms = (time.perf_counter() - t0) * 1000 / len(pending)
+        scalar = quality_iso.scores(np.stack(pending_extra), cfg)[0] if pending_extra else None
         for j, ((key, k, crop), v) in enumerate(zip(pending, q)):
             caption = f"{key}#{k}"
-            if pending_extra:  # quality=iso: the component that set the quality first
-                low = quality_iso.weakest(quality_iso.scores(pending_extra[j][None], cfg)[0][0], _components(cfg), 1)
-                caption = f"{quality_iso.iso.SHORT[low[0][0]]} · {caption}" if low else caption
+            if scalar is not None:  # quality=iso: the component that set the quality first
+                low = quality_iso.weakest(scalar[j], _components(cfg), 1)
+                caption = f"{iso_m.SHORT[low[0][0]]} · {caption}" if low else caption
             extremes.add(float(v), crop, caption)
         q_parts.append(np.asarray(q, np.float64))
         times.extend([per_ms] * len(pending))
@@ -223,7 +215,7 @@ def run(cfg: DictConfig, model, out: Path) -> dict:
                 if isinstance(crop, tuple):  # quality=iso: (crop, raw measures, ms)
                     crop, extra, ms = crop
                     measure_ms.append(ms)
-                    _single_face(extra, r.detections)
+                    extra[SINGLE_FACE] = iso_m.single_face(r.detections.boxes if r.detections is not None else None)
                     pending_extra.append(extra)
                     extras.append(extra)
                 keys.append(r.key)
@@ -240,7 +232,7 @@ def run(cfg: DictConfig, model, out: Path) -> dict:
     by_iso = model is None and quality_iso.is_iso(cfg)
     if by_iso:  # the combined ISO quality is on the 0-100 scale already; the time is the measuring's
         times = list(np.asarray(times) + np.asarray(measure_ms)) if measure_ms else times
-        raw = np.stack(extras) if extras else np.empty((0, len(quality_iso.iso.NAMES)))
+        raw = np.stack(extras) if extras else np.empty((0, len(iso_m.NAMES)))
         scalar = quality_iso.scores(raw, cfg)[0]
         iso = np.where(np.isfinite(q), q, -1.0) if s.scale == "iso" and q.size else None
     else:
